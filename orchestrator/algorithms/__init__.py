@@ -1,0 +1,12 @@
+"""Outer-loop algorithms, registered by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from orchestrator.algorithms.base import Algorithm, RoundReport, RunContext
+from orchestrator.algorithms.rest_em import RestEM
+
+ALGORITHMS: dict[str, Callable[[], Algorithm]] = {"rest_em": RestEM}
+
+__all__ = ["ALGORITHMS", "Algorithm", "RoundReport", "RunContext"]

@@ -1,0 +1,154 @@
+"""The outer-loop contract (one small protocol, like torchtune's recipes) and the steps algorithms share."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from orchestrator.config import Config
+from orchestrator.records import Context, Edit, EditResult
+from orchestrator.rewards import assign_rewards
+from orchestrator.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunContext:
+    """Everything an algorithm works with. Built by the orchestrator; algorithms do not build roles."""
+
+    cfg: Config
+    task: Any  # orchestrator.tasks.Task
+    teacher: Any  # teacher.model.Teacher
+    pool: Any  # student.pool.StudentPool
+    rundir: RunDir
+    progress: bool = False
+    initial_teacher: str = ""  # path or hub id of the round-0 teacher
+
+
+@dataclass
+class RoundReport:
+    """One line of metrics.jsonl, and one entry of summary.json's ``rounds``."""
+
+    round: int
+    mean_reward: float
+    heldout_mean_reward: float | None
+    heldout_sem: float | None
+    kept: int
+    seconds: float
+    per_student: dict[str, dict[str, float]]
+    teacher_loss: float | None = None
+    edit_styles: dict[str, int] = field(default_factory=dict)
+    errors: int = 0
+
+
+class Algorithm(Protocol):
+    """An outer loop. ``train(r)`` scores round r's edits and updates the teacher (except after the last
+    round); ``save_checkpoint``/``load_checkpoint`` persist and restore the teacher after k updates."""
+
+    name: str
+
+    def setup(self, ctx: RunContext) -> None: ...
+
+    def train(self, round_index: int) -> RoundReport: ...
+
+    def save_checkpoint(self, round_index: int) -> None: ...
+
+    def load_checkpoint(self, round_index: int) -> None: ...
+
+    def cleanup(self) -> None: ...
+
+
+def score_edits(ctx: RunContext, contexts: list[Context], round_index: int, heldout: bool) -> list[EditResult]:
+    """Propose edits for ``contexts`` (or reuse the persisted proposals), evaluate those not yet scored on the
+    pool, assign rewards and append each record as it completes. Returns all of the round's results."""
+    cfg, rd = ctx.cfg, ctx.rundir
+    tag = "heldout" if heldout else "train"
+    proposals = f"edits/round_{round_index}.{tag}.proposed.json"
+    if (rd.path / proposals).exists():
+        edits = [Edit(**e) for e in _read_json(rd.path / proposals)]
+    else:
+        seed = cfg.run.seed * 1000 + round_index * 2 + int(heldout)
+        edits = ctx.teacher.propose(contexts, round_index, seed, progress=ctx.progress)
+        rd.write_json(proposals, [e.__dict__ for e in edits])
+    done = {(r.edit.key, r.heldout): r for r in rd.edits(round_index)}
+    todo = [e for e in edits if (e.key, heldout) not in done]
+    if len(todo) < len(edits):
+        log.info("round %d %s: %d of %d edits already scored, resuming", round_index, tag, len(edits) - len(todo),
+                 len(edits))
+    weights = {s.name: s.weight for s in cfg.students}
+
+    def finish(result: EditResult) -> None:
+        result.heldout = heldout
+        assign_rewards(result, cfg.reward.name, cfg.reward.score, cfg.reward.aggregate, weights)
+        rd.append_edit(round_index, result)
+
+    by_id = {c.id: c for c in contexts}
+    ctx.pool.baselines(contexts, progress=ctx.progress)
+    ctx.pool.evaluate(todo, by_id, cfg.run.seed, on_result=finish, progress=ctx.progress,
+                      desc=f"round {round_index} {tag}: adapting students")
+    scored = {(r.edit.key, r.heldout): r for r in rd.edits(round_index)}
+    return [scored[(e.key, heldout)] for e in edits]
+
+
+def _read_json(path: Any) -> Any:
+    import json
+
+    with open(path) as f:
+        return json.load(f)
+
+
+def mean_sem(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean."""
+    if not values:
+        return 0.0, 0.0
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return m, 0.0
+    var = sum((v - m) ** 2 for v in values) / (len(values) - 1)
+    return m, math.sqrt(var / len(values))
+
+
+def per_context_rewards(results: list[EditResult]) -> list[float]:
+    """Mean reward per context (the unit whose spread the standard error describes)."""
+    by: dict[str, list[float]] = {}
+    for r in results:
+        by.setdefault(r.edit.context_id, []).append(r.reward)
+    return [sum(v) / len(v) for v in by.values()]
+
+
+def per_student_summary(results: list[EditResult], score: str) -> dict[str, dict[str, float]]:
+    """Per student: mean baseline and adapted score (on ``score``) and mean reward over ``results``."""
+    out: dict[str, dict[str, float]] = {}
+    names = results[0].per_student.keys() if results else []
+    for name in names:
+        outs = [r.per_student[name] for r in results]
+        ok = [o for o in outs if o.adapted is not None]
+        out[name] = {
+            "baseline": sum(o.baseline.get(score) for o in outs) / len(outs),
+            "adapted": sum(o.adapted.get(score) for o in ok) / len(ok) if ok else float("nan"),
+            "reward": sum(o.reward for o in outs) / len(outs),
+            "failed": len(outs) - len(ok),
+        }
+    return out
+
+
+def make_report(ctx: RunContext, round_index: int, train: list[EditResult], heldout: list[EditResult],
+                kept: int, started: float, teacher_loss: float | None) -> RoundReport:
+    mean_train, _ = mean_sem([r.reward for r in train])
+    held_m, held_sem = mean_sem(per_context_rewards(heldout)) if heldout else (None, None)
+    styles: dict[str, int] = {}
+    classify = getattr(ctx.task, "classify_edit", None)
+    if classify is not None:
+        for r in train + heldout:
+            k = classify(r.edit.text)
+            styles[k] = styles.get(k, 0) + 1
+    return RoundReport(
+        round=round_index, mean_reward=mean_train, heldout_mean_reward=held_m, heldout_sem=held_sem, kept=kept,
+        seconds=time.time() - started, per_student=per_student_summary(heldout or train, ctx.cfg.reward.score),
+        teacher_loss=teacher_loss, edit_styles=styles,
+        errors=sum(1 for r in train + heldout for o in r.per_student.values() if o.error),
+    )

@@ -1,0 +1,320 @@
+"""Typed run configuration: omegaconf structured dataclasses, YAML files and ``key=value`` overrides.
+
+Every field carries ``metadata={"help": ...}``. :func:`load_config` merges the schema, a YAML file and
+command-line overrides, then :func:`validate` checks values and raises :class:`ConfigError` messages that
+name the field and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, malformed or out of range. The message names the fix."""
+
+
+@dataclass
+class TinyModelSpec:
+    """A tiny model built locally from a config (no download), cached by its spec."""
+
+    family: str = field(default="llama", metadata={"help": "llama | qwen2 | gpt2"})
+    hidden_size: int = field(default=64, metadata={"help": "Width of the residual stream."})
+    num_layers: int = field(default=2, metadata={"help": "Transformer blocks."})
+    num_heads: int = field(default=4, metadata={"help": "Attention heads (must divide hidden_size)."})
+    intermediate_size: int = field(default=0, metadata={"help": "MLP width; 0 means 4 x hidden_size."})
+    vocab_size: int = field(default=512, metadata={"help": "BPE vocabulary trained on the task's corpus."})
+    max_position: int = field(default=256, metadata={"help": "Longest sequence the model accepts."})
+    pretrain: str = field(
+        default="student",
+        metadata={"help": "Corpus the task provides for pretraining: 'student', 'teacher' or 'none'."},
+    )
+    pretrain_steps: int = field(default=300, metadata={"help": "Optimizer steps of tiny pretraining."})
+    pretrain_lr: float = field(default=3e-3, metadata={"help": "Peak learning rate of tiny pretraining."})
+    pretrain_batch_size: int = field(default=32, metadata={"help": "Sequences per pretraining step."})
+    seed: int = field(default=0, metadata={"help": "Seed of the tokenizer corpus, init and pretraining."})
+
+
+@dataclass
+class ModelConfig:
+    """Where a model comes from: a hub id or local path, or a tiny spec built and cached locally."""
+
+    path: str | None = field(
+        default=None,
+        metadata={"help": "Hub id (e.g. Qwen/Qwen2.5-7B) or local folder. Leave null to build `tiny`."},
+    )
+    tiny: TinyModelSpec | None = field(default=None, metadata={"help": "Spec of a locally built tiny model."})
+    revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit)."})
+    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16"})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run model code shipped with a hub checkpoint. Off unless you trust it."}
+    )
+
+
+@dataclass
+class AdaptConfig:
+    """How a student is updated on one edit (SEAL's inner loop)."""
+
+    method: str = field(default="lora", metadata={"help": "lora | full"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    target_modules: list[str] = field(
+        default_factory=lambda: ["all-linear"],
+        metadata={"help": "Modules that get adapters; ['all-linear'] picks every linear layer but the head."},
+    )
+    learning_rate: float = field(default=1e-3, metadata={"help": "Inner-loop learning rate."})
+    epochs: int = field(default=10, metadata={"help": "Passes over the edit's training sequences."})
+    batch_size: int = field(default=16, metadata={"help": "Sequences per inner-loop step."})
+    max_length: int = field(default=128, metadata={"help": "Longest training sequence in tokens."})
+    include_context: bool = field(
+        default=False, metadata={"help": "Also train on the raw passage (SEAL's 'passage + edit' variant)."}
+    )
+    loss_on: str = field(
+        default="completion",
+        metadata={"help": "completion: mask prompt tokens out of the labels; all: train on every token."},
+    )
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping; 0 disables."})
+
+
+@dataclass
+class StudentConfig:
+    """One member of the student pool."""
+
+    name: str = field(default="???", metadata={"help": "Unique name used in records and reports."})
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    weight: float = field(default=1.0, metadata={"help": "Weight of this student in the pool's reward."})
+    sharding: str = field(default="none", metadata={"help": "none | zero2 | zero3 (under the deepspeed launcher)."})
+    max_new_tokens: int = field(default=16, metadata={"help": "Longest greedy answer when scoring."})
+    eval_batch_size: int = field(default=32, metadata={"help": "Questions per scoring forward pass."})
+
+
+@dataclass
+class GenerationConfig:
+    num_edits: int = field(default=4, metadata={"help": "Edits sampled per context (k)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (> 0)."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass."})
+    max_new_tokens: int = field(default=96, metadata={"help": "Longest edit in tokens."})
+    batch_size: int = field(default=16, metadata={"help": "Prompts per generate() call."})
+
+
+@dataclass
+class TeacherTrainConfig:
+    method: str = field(default="full", metadata={"help": "full | lora (LoRA is merged after each round)."})
+    learning_rate: float = field(default=5e-4, metadata={"help": "Teacher learning rate."})
+    epochs: float = field(default=2.0, metadata={"help": "Passes over the kept edits per round."})
+    batch_size: int = field(default=8, metadata={"help": "Per-device batch size."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Steps per optimizer update."})
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank when method=lora."})
+    lora_alpha: int = field(default=128, metadata={"help": "LoRA alpha when method=lora."})
+    max_length: int = field(default=512, metadata={"help": "Longest (prompt + edit) sequence in tokens."})
+    deepspeed: str | None = field(default=None, metadata={"help": "DeepSpeed JSON for TRL training."})
+
+
+@dataclass
+class TeacherConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompt_format: str = field(
+        default="implications",
+        metadata={"help": "Edit prompt: implications | rewrite | self-qa | notes (or a task's own)."},
+    )
+    use_chat_template: str = field(
+        default="auto", metadata={"help": "auto (if the tokenizer has one) | always | never"}
+    )
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
+
+
+@dataclass
+class TaskConfig:
+    name: str = field(default="synthetic", metadata={"help": "synthetic | squad"})
+    path: str | None = field(
+        default=None, metadata={"help": "SEAL-format JSON for squad; null uses the bundled subset."}
+    )
+    num_train_contexts: int = field(default=16, metadata={"help": "Contexts the teacher is trained on per round."})
+    num_heldout_contexts: int = field(default=16, metadata={"help": "Fixed contexts scored every round."})
+    max_questions: int = field(default=0, metadata={"help": "Questions kept per context; 0 keeps all."})
+    seed: int = field(default=0, metadata={"help": "Seed of the synthetic world / of context sampling."})
+
+
+@dataclass
+class RewardConfig:
+    name: str = field(default="accuracy_gain", metadata={"help": "A registered reward (see orchestrator.rewards)."})
+    score: str = field(default="em", metadata={"help": "em | f1 | logprob: the score whose gain is rewarded."})
+    aggregate: str = field(default="mean", metadata={"help": "mean | min | weighted (uses students[].weight)."})
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = field(default="rest_em", metadata={"help": "rest_em"})
+    rounds: int = field(default=2, metadata={"help": "Teacher updates; rounds 0..rounds are scored."})
+    keep: str = field(
+        default="best_of_k", metadata={"help": "best_of_k (best edit per context if reward > threshold) | threshold"}
+    )
+    threshold: float = field(default=0.0, metadata={"help": "Edits must have reward strictly above this."})
+
+
+@dataclass
+class RunConfig:
+    name: str = field(default="default", metadata={"help": "Run directory name under output_dir."})
+    output_dir: str = field(default="runs", metadata={"help": "Parent folder of run directories."})
+    cache_dir: str = field(default=".cache/teachedit", metadata={"help": "Where tiny models are built and cached."})
+    seed: int = field(default=0, metadata={"help": "Global seed; per-edit seeds derive from it."})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing run directory."})
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    students: list[StudentConfig] = field(default_factory=list)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+
+
+def _structured_students(raw: Any) -> Any:
+    """omegaconf cannot type a list of dataclasses from YAML alone: merge each entry into the schema."""
+    return [OmegaConf.merge(OmegaConf.structured(StudentConfig), s) for s in raw]
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Schema ← YAML ← ``key=value`` overrides, validated. Raises :class:`ConfigError` with the fix."""
+    schema = OmegaConf.structured(Config)
+    layers: list[DictConfig] = []
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}. Pass a YAML file, e.g. configs/default.yaml.")
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as exc:  # yaml.YAMLError and friends
+            raise ConfigError(f"{path} is not valid YAML: {exc}".strip()) from None
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"{path} must hold a mapping at the top level (run:, task:, teacher:, ...).")
+        layers.append(loaded)
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"overrides must look like key=value, got {bad}. Example: algorithm.rounds=3")
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+    try:
+        merged = schema
+        for layer in layers:
+            if "students" in layer and layer.students is not None:
+                layer = layer.copy()
+                students = _structured_students(layer.students)
+                del layer["students"]
+                merged = OmegaConf.merge(merged, layer)
+                merged.students = students
+            else:
+                merged = OmegaConf.merge(merged, layer)
+        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_explain_omegaconf(exc)) from None
+    validate(cfg)
+    return cfg
+
+
+def _explain_omegaconf(exc: OmegaConfBaseException) -> str:
+    key = getattr(exc, "full_key", None) or "?"
+    msg = str(exc).splitlines()[0]
+    if "Key" in msg and "not in" in msg:
+        return f"unknown config key '{key}': {msg}. Check the spelling against configs/default.yaml."
+    if "Value" in msg and ("could not be converted" in msg or "not a valid" in msg or "Invalid" in msg):
+        return f"wrong type for '{key}': {msg}."
+    if "Missing mandatory value" in msg:
+        return f"'{key}' must be set: {msg}."
+    return f"invalid config at '{key}': {msg}"
+
+
+def _check(cond: bool, where: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"{where}: {message}")
+
+
+def _check_model(m: ModelConfig, where: str) -> None:
+    _check(m.path is not None or m.tiny is not None, where, "set model.path (hub id or folder) or model.tiny")
+    _check(m.dtype in ("float32", "bfloat16", "float16"), f"{where}.dtype", "use float32, bfloat16 or float16")
+    if m.tiny is not None and m.path is None:
+        t = m.tiny
+        _check(t.family in ("llama", "qwen2", "gpt2"), f"{where}.tiny.family", "use llama, qwen2 or gpt2")
+        _check(t.hidden_size > 0 and t.num_heads > 0 and t.hidden_size % t.num_heads == 0,
+               f"{where}.tiny", "hidden_size must be a positive multiple of num_heads")
+        _check(t.num_layers > 0, f"{where}.tiny.num_layers", "must be >= 1")
+        _check(64 <= t.vocab_size <= 65536, f"{where}.tiny.vocab_size", "use 64..65536")
+        _check(t.pretrain in ("student", "teacher", "none"), f"{where}.tiny.pretrain", "use student|teacher|none")
+        _check(t.pretrain_steps >= 0, f"{where}.tiny.pretrain_steps", "must be >= 0")
+
+
+def validate(cfg: Config) -> None:
+    """Check ranges and cross-field rules. Raises :class:`ConfigError` naming the field and the fix."""
+    from orchestrator.rewards import AGGREGATES, REWARDS
+    from orchestrator.tasks import TASKS
+
+    _check(bool(cfg.run.name) and "/" not in cfg.run.name, "run.name", "a non-empty name without '/'")
+    _check(cfg.run.device in ("auto", "cpu", "cuda"), "run.device", "use auto, cpu or cuda")
+    _check(cfg.task.name in TASKS, "task.name", f"unknown task '{cfg.task.name}'; choose from {sorted(TASKS)}")
+    _check(cfg.task.num_train_contexts >= 1, "task.num_train_contexts", "must be >= 1")
+    _check(cfg.task.num_heldout_contexts >= 0, "task.num_heldout_contexts", "must be >= 0")
+    _check(cfg.task.max_questions >= 0, "task.max_questions", "must be >= 0 (0 keeps all)")
+    if cfg.task.path is not None:
+        _check(Path(cfg.task.path).is_file(), "task.path", f"file not found: {cfg.task.path}")
+
+    _check_model(cfg.teacher.model, "teacher.model")
+    g = cfg.teacher.generation
+    _check(g.num_edits >= 1, "teacher.generation.num_edits", "must be >= 1")
+    _check(g.temperature > 0 and math.isfinite(g.temperature), "teacher.generation.temperature", "must be > 0")
+    _check(0 < g.top_p <= 1, "teacher.generation.top_p", "must be in (0, 1]")
+    _check(g.max_new_tokens >= 1, "teacher.generation.max_new_tokens", "must be >= 1")
+    _check(cfg.teacher.use_chat_template in ("auto", "always", "never"), "teacher.use_chat_template",
+           "use auto, always or never")
+    t = cfg.teacher.train
+    _check(t.method in ("full", "lora"), "teacher.train.method", "use full or lora")
+    _check(t.learning_rate > 0, "teacher.train.learning_rate", "must be > 0")
+    _check(t.epochs > 0, "teacher.train.epochs", "must be > 0")
+    if t.deepspeed is not None:
+        _check(Path(t.deepspeed).is_file(), "teacher.train.deepspeed", f"file not found: {t.deepspeed}")
+
+    _check(len(cfg.students) >= 1, "students", "list at least one student (name, model, adapt)")
+    names = [s.name for s in cfg.students]
+    _check(len(set(names)) == len(names), "students", f"names must be unique, got {names}")
+    for i, s in enumerate(cfg.students):
+        where = f"students[{i}]"
+        _check(s.name not in ("", "???"), f"{where}.name", "give every student a unique name")
+        _check_model(s.model, f"{where}.model")
+        a = s.adapt
+        _check(a.method in ("lora", "full"), f"{where}.adapt.method", "use lora or full")
+        _check(a.learning_rate > 0 and math.isfinite(a.learning_rate), f"{where}.adapt.learning_rate", "must be > 0")
+        _check(a.epochs >= 1, f"{where}.adapt.epochs", "must be >= 1")
+        _check(a.batch_size >= 1, f"{where}.adapt.batch_size", "must be >= 1")
+        _check(a.lora_r >= 1, f"{where}.adapt.lora_r", "must be >= 1")
+        _check(a.loss_on in ("completion", "all"), f"{where}.adapt.loss_on", "use completion or all")
+        _check(s.weight >= 0, f"{where}.weight", "must be >= 0")
+        _check(s.sharding in ("none", "zero2", "zero3"), f"{where}.sharding", "use none, zero2 or zero3")
+
+    _check(cfg.reward.name in REWARDS, "reward.name", f"unknown reward; choose from {sorted(REWARDS)}")
+    _check(cfg.reward.score in ("em", "f1", "logprob"), "reward.score", "use em, f1 or logprob")
+    _check(cfg.reward.aggregate in AGGREGATES, "reward.aggregate", f"choose from {sorted(AGGREGATES)}")
+    if cfg.reward.aggregate == "weighted":
+        _check(sum(s.weight for s in cfg.students) > 0, "students[].weight", "weights must not all be 0")
+
+    from orchestrator.algorithms import ALGORITHMS
+
+    _check(cfg.algorithm.name in ALGORITHMS, "algorithm.name", f"choose from {sorted(ALGORITHMS)}")
+    _check(cfg.algorithm.rounds >= 0, "algorithm.rounds", "must be >= 0")
+    _check(cfg.algorithm.keep in ("best_of_k", "threshold"), "algorithm.keep", "use best_of_k or threshold")
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (saved as ``config.yaml`` in the run directory)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

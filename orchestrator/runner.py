@@ -1,0 +1,133 @@
+"""Runs an experiment: builds the task and the roles, repeats the algorithm's rounds, persists and reports."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from orchestrator.algorithms import ALGORITHMS, RoundReport, RunContext
+from orchestrator.config import Config, load_config, to_yaml
+from orchestrator.models import load_causal_lm, load_tokenizer, resolve_device, resolve_model_path
+from orchestrator.records import json_safe
+from orchestrator.rundir import RunDir
+from orchestrator.tasks import build_task
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_teacher(cfg: Config, task: Any, device: torch.device) -> tuple[Any, str]:
+    from teacher.model import Teacher
+
+    path = resolve_model_path(cfg.teacher.model, "teacher", task, cfg.run.cache_dir)
+    tok = load_tokenizer(path, cfg.teacher.model)
+    model = load_causal_lm(path, cfg.teacher.model, device)
+    return Teacher(cfg.teacher, model, tok), path
+
+
+def build_pool(cfg: Config, task: Any, device: torch.device) -> Any:
+    from student.pool import StudentPool
+    from student.student import Student
+
+    students = []
+    for sc in cfg.students:
+        path = resolve_model_path(sc.model, "student", task, cfg.run.cache_dir)
+        students.append(Student(sc, load_causal_lm(path, sc.model, device), load_tokenizer(path, sc.model), task))
+    return StudentPool(students)
+
+
+class Runner:
+    """Owns one run directory. ``run()`` executes the remaining rounds and returns the summary."""
+
+    def __init__(self, cfg: Config, rundir: RunDir, progress: bool | None = None):
+        self.cfg = cfg
+        self.rundir = rundir
+        self.progress = cfg.run.progress if progress is None else progress
+
+    @classmethod
+    def new(cls, cfg: Config) -> Runner:
+        rundir = RunDir.create(Path(cfg.run.output_dir) / cfg.run.name, overwrite=cfg.run.overwrite)
+        rundir.write_text("config.yaml", to_yaml(cfg))
+        return cls(cfg, rundir)
+
+    @classmethod
+    def resume(cls, path: str | Path, overrides: list[str] | None = None) -> Runner:
+        path = Path(path)
+        if not (path / "config.yaml").is_file():
+            raise FileNotFoundError(f"{path} is not a run directory (no config.yaml); nothing to resume")
+        cfg = load_config(path / "config.yaml", overrides)
+        return cls(cfg, RunDir(path))
+
+    def completed_rounds(self) -> list[dict[str, Any]]:
+        return self.rundir.read_jsonl("metrics.jsonl")
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        started = time.time()
+        seed_everything(cfg.run.seed)
+        device = resolve_device(cfg.run.device)
+        task = build_task(cfg.task)
+        teacher, teacher_path = build_teacher(cfg, task, device)
+        pool = build_pool(cfg, task, device)
+        ctx = RunContext(cfg=cfg, task=task, teacher=teacher, pool=pool, rundir=self.rundir,
+                         progress=self.progress, initial_teacher=teacher_path)
+        algorithm = ALGORITHMS[cfg.algorithm.name]()
+        algorithm.setup(ctx)
+        done = self.completed_rounds()
+        if done:
+            log.info("resuming %s after %d completed round(s)", self.rundir.path, len(done))
+            if len(done) > 0 and self.rundir.teacher_dir(len(done)).is_dir():
+                algorithm.load_checkpoint(len(done))
+        prior = float(sum(r.get("seconds", 0.0) for r in done))
+        try:
+            for r in range(len(done), cfg.algorithm.rounds + 1):
+                report = algorithm.train(r)
+                self.rundir.append_jsonl("metrics.jsonl", json_safe(dataclasses.asdict(report)))
+                self.write_summary(pool, prior + time.time() - started)
+                log.info(format_round(report, cfg.reward.score))
+        finally:
+            algorithm.cleanup()
+        return self.write_summary(pool, prior + time.time() - started)
+
+    def write_summary(self, pool: Any, wall: float) -> dict[str, Any]:
+        rounds = self.completed_rounds()
+        summary = {
+            "algorithm": self.cfg.algorithm.name,
+            "task": self.cfg.task.name,
+            "reward": dataclasses.asdict(self.cfg.reward),
+            "teacher": {"prompt_format": self.cfg.teacher.prompt_format},
+            "students": pool.describe(),
+            "rounds": rounds,
+            "wall_seconds": wall,
+        }
+        self.rundir.write_json("summary.json", summary)
+        try:
+            from orchestrator.report import plot_reward_curve
+
+            plot_reward_curve(rounds, self.rundir.path / "reward_curve.png", title=self.cfg.run.name)
+        except Exception as exc:  # a plot must never cost the results
+            log.warning("could not draw reward_curve.png: %s", exc)
+        return summary
+
+
+def format_round(r: RoundReport, score: str) -> str:
+    held = "n/a" if r.heldout_mean_reward is None else f"{r.heldout_mean_reward:+.3f}±{r.heldout_sem:.3f}"
+    return f"round {r.round}: mean reward {r.mean_reward:+.3f}, held-out {held}, kept {r.kept}, {r.seconds:.0f}s"
+
+
+def load_summary(path: str | Path) -> dict[str, Any]:
+    with open(Path(path) / "summary.json") as f:
+        return json.load(f)

@@ -1,0 +1,25 @@
+"""Task registry: name → constructor taking the TaskConfig."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from orchestrator.tasks.base import Task, TrainingItem
+from orchestrator.tasks.squad import SquadTask
+from orchestrator.tasks.synthetic import SyntheticTask
+
+TASKS: dict[str, Callable[..., Any]] = {
+    "synthetic": lambda c: SyntheticTask(c.num_train_contexts, c.num_heldout_contexts, c.seed, c.max_questions),
+    "squad": lambda c: SquadTask(c.path, c.num_train_contexts, c.num_heldout_contexts, c.seed, c.max_questions),
+}
+
+
+def build_task(cfg: Any) -> Task:
+    """Build the task named by ``cfg.name`` (a :class:`orchestrator.config.TaskConfig`)."""
+    if cfg.name not in TASKS:
+        raise ValueError(f"unknown task {cfg.name!r}; choose from {sorted(TASKS)}")
+    return TASKS[cfg.name](cfg)
+
+
+__all__ = ["TASKS", "Task", "TrainingItem", "build_task"]

@@ -1,0 +1,70 @@
+"""The student pool: every student is adapted to every edit, scored without the context, and restored.
+
+The orchestrator sees the pool through :meth:`StudentPool.evaluate` (a batch of edits in, one
+:class:`EditResult` per edit out) and :meth:`StudentPool.describe`; placement and batching stay inside.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from orchestrator.records import Context, Edit, EditResult
+from student.student import Student
+
+log = logging.getLogger(__name__)
+
+
+def edit_seed(run_seed: int, edit: Edit, student: str) -> int:
+    """A seed that depends only on the run seed, the edit's identity and the student: results do not depend
+    on the order edits are evaluated in (so a resumed or distributed run gives the same rewards)."""
+    h = hashlib.sha256(f"{run_seed}/{edit.key}/{student}".encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+class StudentPool:
+    def __init__(self, students: list[Student]):
+        if not students:
+            raise ValueError("the student pool is empty: configure at least one student")
+        self.students = students
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.students]
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{"name": s.name, "model_type": s.model_type, "num_parameters": s.num_parameters}
+                for s in self.students]
+
+    def baselines(self, contexts: Iterable[Context], progress: bool = False) -> None:
+        """Score every unadapted student on every context once (cached inside each student)."""
+        contexts = list(contexts)
+        for s in self.students:
+            for c in tqdm(contexts, desc=f"baseline {s.name}", disable=not progress, unit="ctx"):
+                s.baseline(c)
+
+    def evaluate(
+        self,
+        edits: list[Edit],
+        contexts: dict[str, Context],
+        run_seed: int,
+        on_result: Callable[[EditResult], None] | None = None,
+        progress: bool = False,
+        desc: str = "adapting students",
+    ) -> list[EditResult]:
+        """Adapt each student to each edit, score, restore. ``on_result`` is called as each edit completes
+        (the orchestrator persists it there). Rewards are left at 0 for the reward function to fill."""
+        results = []
+        for edit in tqdm(edits, desc=desc, disable=not progress, unit="edit"):
+            context = contexts[edit.context_id]
+            result = EditResult(edit=edit)
+            for s in self.students:
+                result.per_student[s.name] = s.evaluate_edit(edit.text, context, edit_seed(run_seed, edit, s.name))
+            if on_result is not None:
+                on_result(result)
+            results.append(result)
+        return results

@@ -1,0 +1,100 @@
+"""No-context QA scoring: greedy answers (exact match, token F1) and gold-answer log-probability."""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from typing import Any
+
+import torch
+
+from orchestrator.records import Context, StudentScore
+
+
+def normalize_answer(s: str) -> str:
+    """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    p, g = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not p or not g:
+        return float(p == g)
+    common = sum((Counter(p) & Counter(g)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+@torch.no_grad()
+def greedy_answers(model: Any, tok: Any, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy, KV-cached decoding of each prompt (left-padded batches); the answer ends at a newline or EOS."""
+    device = next(model.parameters()).device
+    answers: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i : i + batch_size]
+        enc = tok(chunk, return_tensors="pt", padding=True, padding_side="left").to(device)
+        out = model.generate(
+            **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id, temperature=None, top_p=None, top_k=None,
+        )
+        new = out[:, enc["input_ids"].shape[1] :]
+        for text in tok.batch_decode(new, skip_special_tokens=True):
+            answers.append(text.split("\n")[0].strip())
+    return answers
+
+
+@torch.no_grad()
+def gold_logprobs(model: Any, tok: Any, prompts: list[str], answers: list[str], batch_size: int) -> list[float]:
+    """Mean per-token log-probability of each gold answer (``" " + answer`` then EOS) after its prompt.
+
+    Teacher-forced, one forward pass per batch: no decoding."""
+    device = next(model.parameters()).device
+    out: list[float] = []
+    for i in range(0, len(prompts), batch_size):
+        seqs, spans = [], []
+        for p, a in zip(prompts[i : i + batch_size], answers[i : i + batch_size]):
+            pi = tok(p, add_special_tokens=True)["input_ids"]
+            ai = tok(" " + a.strip(), add_special_tokens=False)["input_ids"]
+            seqs.append(pi + ai)
+            spans.append((len(pi), len(pi) + len(ai)))
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for j, s in enumerate(seqs):
+            ids[j, : len(s)] = torch.tensor(s)
+            mask[j, : len(s)] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        logp = torch.log_softmax(logits, dim=-1)
+        for j, (a, b) in enumerate(spans):
+            targets = ids[j, a:b].to(device)
+            lp = logp[j, a - 1 : b - 1].gather(-1, targets[:, None]).squeeze(-1)
+            out.append(float(lp.mean()))
+    return out
+
+
+def score_context(model: Any, tok: Any, task: Any, context: Context, max_new_tokens: int,
+                  batch_size: int) -> StudentScore:
+    """Score a student on a context's questions without the context in the prompt."""
+    if not context.questions:
+        return StudentScore(0.0, 0.0, 0.0, 0)
+    prompts = [task.qa_prompt(q.question) for q in context.questions]
+    golds = [q.answer for q in context.questions]
+    preds = greedy_answers(model, tok, prompts, max_new_tokens, batch_size)
+    lps = gold_logprobs(model, tok, prompts, golds, batch_size)
+    n = len(golds)
+    return StudentScore(
+        em=sum(exact_match(p, g) for p, g in zip(preds, golds)) / n,
+        f1=sum(token_f1(p, g) for p, g in zip(preds, golds)) / n,
+        logprob=sum(lps) / n,
+        n_questions=n,
+    )

@@ -1,0 +1,93 @@
+"""The teacher: a causal LM that writes k edits per context, and is fine-tuned on the edits that worked."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from orchestrator.config import TeacherConfig
+from orchestrator.records import Context, Edit
+from teacher.prompts import render_prompt
+from teacher.training import sft_train
+
+log = logging.getLogger(__name__)
+
+
+class Teacher:
+    def __init__(self, cfg: TeacherConfig, model: Any, tokenizer: Any, checkpoint: str = "round_0"):
+        self.cfg = cfg
+        self.model = model
+        self.tok = tokenizer
+        self.checkpoint = checkpoint
+        self.model.eval()
+
+    @property
+    def uses_chat_template(self) -> bool:
+        mode = self.cfg.use_chat_template
+        return mode == "always" or (mode == "auto" and bool(getattr(self.tok, "chat_template", None)))
+
+    def prompt(self, context: Context) -> str:
+        """The exact text the teacher is conditioned on (chat template applied when configured)."""
+        text = render_prompt(self.cfg.prompt_format, context)
+        if self.uses_chat_template:
+            text = self.tok.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+        return text
+
+    @torch.no_grad()
+    def propose(self, contexts: list[Context], round_index: int, seed: int, progress: bool = False) -> list[Edit]:
+        """Sample ``generation.num_edits`` edits for every context (temperature / nucleus sampling)."""
+        g = self.cfg.generation
+        device = next(self.model.parameters()).device
+        torch.manual_seed(seed)
+        edits: list[Edit] = []
+        per_call = max(1, g.batch_size // g.num_edits)
+        bar = tqdm(total=len(contexts), desc=f"teacher round {round_index}: writing edits", disable=not progress,
+                   unit="ctx")
+        for i in range(0, len(contexts), per_call):
+            chunk = contexts[i : i + per_call]
+            prompts = [self.prompt(c) for c in chunk]
+            enc = self.tok(prompts, return_tensors="pt", padding=True, padding_side="left",
+                           add_special_tokens=not self.uses_chat_template).to(device)
+            out = self.model.generate(
+                **enc, do_sample=True, temperature=g.temperature, top_p=g.top_p, top_k=0,
+                max_new_tokens=g.max_new_tokens, num_return_sequences=g.num_edits,
+                pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id,
+            )
+            texts = self.tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            for j, text in enumerate(texts):
+                c, k = chunk[j // g.num_edits], j % g.num_edits
+                edits.append(Edit(context_id=c.id, format=self.cfg.prompt_format, sample_index=k, text=text.strip(),
+                                  teacher=self.checkpoint, prompt=prompts[j // g.num_edits], round=round_index))
+            bar.update(len(chunk))
+        bar.close()
+        return edits
+
+    def train(self, pairs: list[tuple[str, str]], seed: int, progress: bool = False) -> float:
+        """SFT on (prompt, edit) pairs through TRL's SFTTrainer (loss on the edit only). Returns the loss."""
+        t = self.cfg.train
+        records = [{"prompt": p, "completion": c} for p, c in pairs]
+        self.model, loss = sft_train(
+            self.model, self.tok, records, learning_rate=t.learning_rate, batch_size=t.batch_size,
+            epochs=t.epochs, max_length=t.max_length, seed=seed, method=t.method, lora_r=t.lora_r,
+            lora_alpha=t.lora_alpha, gradient_accumulation_steps=t.gradient_accumulation_steps,
+            deepspeed=t.deepspeed, progress=progress,
+        )
+        return loss
+
+    def save(self, directory: Path) -> None:
+        """Save weights (safetensors) and tokenizer atomically: written to a temp folder, then renamed."""
+        directory = Path(directory)
+        tmp = directory.with_name(directory.name + ".tmp")
+        self.model.save_pretrained(tmp, safe_serialization=True)
+        self.tok.save_pretrained(tmp)
+        if directory.exists():
+            import shutil
+
+            shutil.rmtree(directory)
+        tmp.rename(directory)

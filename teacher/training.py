@@ -1,0 +1,97 @@
+"""Supervised fine-tuning of a causal LM through TRL's ``SFTTrainer``: ReST-EM's teacher update, and the
+tiny-model pretraining of :mod:`orchestrator.models` (one code path for both)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Teacher training failed (e.g. a non-finite loss). The message says what to change."""
+
+
+def sft_train(
+    model: Any,
+    tokenizer: Any,
+    records: list[dict[str, str]],
+    *,
+    learning_rate: float,
+    batch_size: int,
+    epochs: float = 1.0,
+    max_steps: int = -1,
+    max_length: int = 512,
+    seed: int = 0,
+    method: str = "full",
+    lora_r: int = 64,
+    lora_alpha: int = 128,
+    gradient_accumulation_steps: int = 1,
+    warmup_ratio: float = 0.0,
+    scheduler: str = "constant",
+    deepspeed: str | dict | None = None,
+    output_dir: str | None = None,
+    progress: bool = False,
+) -> tuple[Any, float]:
+    """Train ``model`` on ``records`` (``{"prompt", "completion"}``: loss on completions only, or ``{"text"}``:
+    loss on all tokens). Returns ``(model, mean training loss)``; with ``method="lora"`` the adapter is merged
+    into the returned model so the caller always holds a plain ``PreTrainedModel``."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    if not records:
+        raise TrainingError("no training records: nothing to fine-tune on")
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    workdir = output_dir or tempfile.mkdtemp(prefix="teachedit-sft-")
+    args = SFTConfig(
+        output_dir=workdir,
+        learning_rate=learning_rate,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        num_train_epochs=epochs,
+        max_steps=max_steps,
+        max_length=max_length,
+        lr_scheduler_type=scheduler,
+        warmup_steps=warmup_ratio,
+        seed=seed,
+        data_seed=seed,
+        use_cpu=on_cpu,
+        bf16=False if on_cpu else None,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=max(1, (max_steps if max_steps > 0 else 10) // 10),
+        disable_tqdm=not progress,
+        dataset_num_proc=None,
+        deepspeed=deepspeed,
+        remove_unused_columns=True,
+    )
+    peft_config = None
+    if method == "lora":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(records), processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    # Libraries log; HF's PrinterCallback would print every log dict to stdout.
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    result = trainer.train()
+    loss = float(result.training_loss)
+    if not math.isfinite(loss):
+        raise TrainingError(f"teacher training loss is {loss}; lower teacher.train.learning_rate")
+    trained = trainer.model
+    if method == "lora":
+        trained = trained.merge_and_unload()
+    trained.eval()
+    del trainer
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return trained, loss
