@@ -13,8 +13,13 @@ def _setup_logging(verbose: bool, logfile: Path | None = None) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if logfile is not None:
         handlers.append(logging.FileHandler(logfile))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=handlers, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        handlers=handlers,
+        force=True,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "DeepSpeed", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -38,7 +43,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         runner = Runner.resume(args.resume, args.overrides)
     else:
         if args.config is None:
-            print("teachedit run: give a CONFIG (e.g. configs/default.yaml) or --resume RUN_DIR", file=sys.stderr)
+            print(
+                "teachedit run: give a CONFIG (e.g. configs/default.yaml) or --resume RUN_DIR",
+                file=sys.stderr,
+            )
             return 2
         runner = Runner.new(load_config(args.config, args.overrides))
     _setup_logging(args.verbose, runner.rundir.path / "run.log")
@@ -48,8 +56,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print()
     print(round_table(summary))
     print()
-    print(f"wall time {summary['wall_seconds']:.0f}s; results in {runner.rundir.path}/ "
-          f"(summary.json, metrics.jsonl, edits/, teacher/, reward_curve.png)")
+    print(
+        f"wall time {summary['wall_seconds']:.0f}s; results in {runner.rundir.path}/ "
+        f"(summary.json, metrics.jsonl, edits/, teacher/, reward_curve.png)"
+    )
     return 0
 
 

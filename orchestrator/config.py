@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
@@ -53,7 +54,8 @@ class ModelConfig:
     revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit)."})
     dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16"})
     trust_remote_code: bool = field(
-        default=False, metadata={"help": "Run model code shipped with a hub checkpoint. Off unless you trust it."}
+        default=False,
+        metadata={"help": "Run model code shipped with a hub checkpoint. Off unless you trust it."},
     )
 
 
@@ -91,7 +93,9 @@ class StudentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     weight: float = field(default=1.0, metadata={"help": "Weight of this student in the pool's reward."})
-    sharding: str = field(default="none", metadata={"help": "none | zero2 | zero3 (under the deepspeed launcher)."})
+    sharding: str = field(
+        default="none", metadata={"help": "none | zero2 | zero3 (under the deepspeed launcher)."}
+    )
     max_new_tokens: int = field(default=16, metadata={"help": "Longest greedy answer when scoring."})
     eval_batch_size: int = field(default=32, metadata={"help": "Questions per scoring forward pass."})
 
@@ -138,7 +142,9 @@ class TaskConfig:
     path: str | None = field(
         default=None, metadata={"help": "SEAL-format JSON for squad; null uses the bundled subset."}
     )
-    num_train_contexts: int = field(default=16, metadata={"help": "Contexts the teacher is trained on per round."})
+    num_train_contexts: int = field(
+        default=16, metadata={"help": "Contexts the teacher is trained on per round."}
+    )
     num_heldout_contexts: int = field(default=16, metadata={"help": "Fixed contexts scored every round."})
     max_questions: int = field(default=0, metadata={"help": "Questions kept per context; 0 keeps all."})
     seed: int = field(default=0, metadata={"help": "Seed of the synthetic world / of context sampling."})
@@ -146,9 +152,15 @@ class TaskConfig:
 
 @dataclass
 class RewardConfig:
-    name: str = field(default="accuracy_gain", metadata={"help": "A registered reward (see orchestrator.rewards)."})
-    score: str = field(default="em", metadata={"help": "em | f1 | logprob: the score whose gain is rewarded."})
-    aggregate: str = field(default="mean", metadata={"help": "mean | min | weighted (uses students[].weight)."})
+    name: str = field(
+        default="accuracy_gain", metadata={"help": "A registered reward (see orchestrator.rewards)."}
+    )
+    score: str = field(
+        default="em", metadata={"help": "em | f1 | logprob: the score whose gain is rewarded."}
+    )
+    aggregate: str = field(
+        default="mean", metadata={"help": "mean | min | weighted (uses students[].weight)."}
+    )
 
 
 @dataclass
@@ -156,7 +168,8 @@ class AlgorithmConfig:
     name: str = field(default="rest_em", metadata={"help": "rest_em"})
     rounds: int = field(default=2, metadata={"help": "Teacher updates; rounds 0..rounds are scored."})
     keep: str = field(
-        default="best_of_k", metadata={"help": "best_of_k (best edit per context if reward > threshold) | threshold"}
+        default="best_of_k",
+        metadata={"help": "best_of_k (best edit per context if reward > threshold) | threshold"},
     )
     threshold: float = field(default=0.0, metadata={"help": "Edits must have reward strictly above this."})
 
@@ -165,7 +178,9 @@ class AlgorithmConfig:
 class RunConfig:
     name: str = field(default="default", metadata={"help": "Run directory name under output_dir."})
     output_dir: str = field(default="runs", metadata={"help": "Parent folder of run directories."})
-    cache_dir: str = field(default=".cache/teachedit", metadata={"help": "Where tiny models are built and cached."})
+    cache_dir: str = field(
+        default=".cache/teachedit", metadata={"help": "Where tiny models are built and cached."}
+    )
     seed: int = field(default=0, metadata={"help": "Global seed; per-edit seeds derive from it."})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing run directory."})
@@ -182,9 +197,24 @@ class Config:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
 
 
-def _structured_students(raw: Any) -> Any:
-    """omegaconf cannot type a list of dataclasses from YAML alone: merge each entry into the schema."""
-    return [OmegaConf.merge(OmegaConf.structured(StudentConfig), s) for s in raw]
+def _merge_students(current: list[Any], raw: Any) -> list[Any]:
+    """A YAML list replaces the students; ``students.<i>.key=value`` overrides (a mapping by index) edit one.
+    omegaconf cannot type a list of dataclasses on its own, so each entry is merged into the schema."""
+    if raw is None:
+        return []
+    if isinstance(raw, ListConfig):
+        return [OmegaConf.merge(OmegaConf.structured(StudentConfig), s) for s in raw]
+    if not isinstance(raw, DictConfig):
+        raise ConfigError("students must be a list of {name, model, adapt} entries")
+    out = list(current)
+    for key, value in raw.items():
+        if not str(key).isdigit() or int(key) > len(out):
+            raise ConfigError(f"students.{key}: index out of range; there are {len(out)} students (0-based)")
+        i = int(key)
+        base = out[i] if i < len(out) else OmegaConf.structured(StudentConfig)
+        merged = OmegaConf.merge(base, value)
+        out[i : i + 1] = [merged]
+    return out
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -196,10 +226,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}. Pass a YAML file, e.g. configs/default.yaml.")
         try:
+            raw = yaml.safe_load(path.read_text())
             loaded = OmegaConf.load(path)
         except Exception as exc:  # yaml.YAMLError and friends
             raise ConfigError(f"{path} is not valid YAML: {exc}".strip()) from None
-        if not isinstance(loaded, DictConfig):
+        if not isinstance(raw, dict) or not isinstance(loaded, DictConfig):
             raise ConfigError(f"{path} must hold a mapping at the top level (run:, task:, teacher:, ...).")
         layers.append(loaded)
     if overrides:
@@ -209,15 +240,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         layers.append(OmegaConf.from_dotlist(list(overrides)))
     try:
         merged = schema
+        students: list[Any] = []
         for layer in layers:
-            if "students" in layer and layer.students is not None:
+            if "students" in layer:
+                students = _merge_students(students, layer.students)
                 layer = layer.copy()
-                students = _structured_students(layer.students)
                 del layer["students"]
-                merged = OmegaConf.merge(merged, layer)
-                merged.students = students
-            else:
-                merged = OmegaConf.merge(merged, layer)
+            merged = OmegaConf.merge(merged, layer)
+        merged.students = students
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:
         raise ConfigError(_explain_omegaconf(exc)) from None
@@ -244,15 +274,22 @@ def _check(cond: bool, where: str, message: str) -> None:
 
 def _check_model(m: ModelConfig, where: str) -> None:
     _check(m.path is not None or m.tiny is not None, where, "set model.path (hub id or folder) or model.tiny")
-    _check(m.dtype in ("float32", "bfloat16", "float16"), f"{where}.dtype", "use float32, bfloat16 or float16")
+    _check(
+        m.dtype in ("float32", "bfloat16", "float16"), f"{where}.dtype", "use float32, bfloat16 or float16"
+    )
     if m.tiny is not None and m.path is None:
         t = m.tiny
         _check(t.family in ("llama", "qwen2", "gpt2"), f"{where}.tiny.family", "use llama, qwen2 or gpt2")
-        _check(t.hidden_size > 0 and t.num_heads > 0 and t.hidden_size % t.num_heads == 0,
-               f"{where}.tiny", "hidden_size must be a positive multiple of num_heads")
+        _check(
+            t.hidden_size > 0 and t.num_heads > 0 and t.hidden_size % t.num_heads == 0,
+            f"{where}.tiny",
+            "hidden_size must be a positive multiple of num_heads",
+        )
         _check(t.num_layers > 0, f"{where}.tiny.num_layers", "must be >= 1")
         _check(64 <= t.vocab_size <= 65536, f"{where}.tiny.vocab_size", "use 64..65536")
-        _check(t.pretrain in ("student", "teacher", "none"), f"{where}.tiny.pretrain", "use student|teacher|none")
+        _check(
+            t.pretrain in ("student", "teacher", "none"), f"{where}.tiny.pretrain", "use student|teacher|none"
+        )
         _check(t.pretrain_steps >= 0, f"{where}.tiny.pretrain_steps", "must be >= 0")
 
 
@@ -263,7 +300,9 @@ def validate(cfg: Config) -> None:
 
     _check(bool(cfg.run.name) and "/" not in cfg.run.name, "run.name", "a non-empty name without '/'")
     _check(cfg.run.device in ("auto", "cpu", "cuda"), "run.device", "use auto, cpu or cuda")
-    _check(cfg.task.name in TASKS, "task.name", f"unknown task '{cfg.task.name}'; choose from {sorted(TASKS)}")
+    _check(
+        cfg.task.name in TASKS, "task.name", f"unknown task '{cfg.task.name}'; choose from {sorted(TASKS)}"
+    )
     _check(cfg.task.num_train_contexts >= 1, "task.num_train_contexts", "must be >= 1")
     _check(cfg.task.num_heldout_contexts >= 0, "task.num_heldout_contexts", "must be >= 0")
     _check(cfg.task.max_questions >= 0, "task.max_questions", "must be >= 0 (0 keeps all)")
@@ -273,11 +312,16 @@ def validate(cfg: Config) -> None:
     _check_model(cfg.teacher.model, "teacher.model")
     g = cfg.teacher.generation
     _check(g.num_edits >= 1, "teacher.generation.num_edits", "must be >= 1")
-    _check(g.temperature > 0 and math.isfinite(g.temperature), "teacher.generation.temperature", "must be > 0")
+    _check(
+        g.temperature > 0 and math.isfinite(g.temperature), "teacher.generation.temperature", "must be > 0"
+    )
     _check(0 < g.top_p <= 1, "teacher.generation.top_p", "must be in (0, 1]")
     _check(g.max_new_tokens >= 1, "teacher.generation.max_new_tokens", "must be >= 1")
-    _check(cfg.teacher.use_chat_template in ("auto", "always", "never"), "teacher.use_chat_template",
-           "use auto, always or never")
+    _check(
+        cfg.teacher.use_chat_template in ("auto", "always", "never"),
+        "teacher.use_chat_template",
+        "use auto, always or never",
+    )
     t = cfg.teacher.train
     _check(t.method in ("full", "lora"), "teacher.train.method", "use full or lora")
     _check(t.learning_rate > 0, "teacher.train.learning_rate", "must be > 0")
@@ -294,7 +338,11 @@ def validate(cfg: Config) -> None:
         _check_model(s.model, f"{where}.model")
         a = s.adapt
         _check(a.method in ("lora", "full"), f"{where}.adapt.method", "use lora or full")
-        _check(a.learning_rate > 0 and math.isfinite(a.learning_rate), f"{where}.adapt.learning_rate", "must be > 0")
+        _check(
+            a.learning_rate > 0 and math.isfinite(a.learning_rate),
+            f"{where}.adapt.learning_rate",
+            "must be > 0",
+        )
         _check(a.epochs >= 1, f"{where}.adapt.epochs", "must be >= 1")
         _check(a.batch_size >= 1, f"{where}.adapt.batch_size", "must be >= 1")
         _check(a.lora_r >= 1, f"{where}.adapt.lora_r", "must be >= 1")

@@ -72,9 +72,13 @@ def load_causal_lm(path: str, mc: ModelConfig, device: torch.device) -> Any:
 
 def _load_hint(what: str, path: str, exc: Exception) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if not Path(path).exists() and (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")):
-        return (f"cannot load {what} '{path}': not a local folder and the hub is offline (HF_HUB_OFFLINE). "
-                f"Use a local path, a model.tiny spec, or go online. ({first})")
+    if not Path(path).exists() and (
+        os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
+    ):
+        return (
+            f"cannot load {what} '{path}': not a local folder and the hub is offline (HF_HUB_OFFLINE). "
+            f"Use a local path, a model.tiny spec, or go online. ({first})"
+        )
     return f"cannot load {what} '{path}': {first}. Check the hub id or folder (it needs config.json and weights)."
 
 
@@ -97,8 +101,13 @@ def build_tiny(spec: TinyModelSpec, task: Any, cache_dir: Path) -> Path:
     out = tiny_dir(spec, task, cache_dir)
     if (out / "config.json").is_file():
         return out
-    log.info("building tiny %s model (%s pretraining, %d steps) in %s", spec.family, spec.pretrain,
-             spec.pretrain_steps, out)
+    log.info(
+        "building tiny %s model (%s pretraining, %d steps) in %s",
+        spec.family,
+        spec.pretrain,
+        spec.pretrain_steps,
+        out,
+    )
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     torch.manual_seed(spec.seed)
@@ -112,9 +121,19 @@ def build_tiny(spec: TinyModelSpec, task: Any, cache_dir: Path) -> Path:
         records = [{"prompt": p, "completion": c} for p, c in docs]
         if spec.pretrain == "student":  # language modelling on everything: loss on prompts too
             records = [{"text": p + c} for p, c in docs]
-        sft_train(model, tok, records, learning_rate=spec.pretrain_lr, batch_size=spec.pretrain_batch_size,
-                  max_steps=spec.pretrain_steps, max_length=spec.max_position, seed=spec.seed, warmup_ratio=0.05,
-                  scheduler="cosine", output_dir=str(tmp / "_trainer"))
+        sft_train(
+            model,
+            tok,
+            records,
+            learning_rate=spec.pretrain_lr,
+            batch_size=spec.pretrain_batch_size,
+            max_steps=spec.pretrain_steps,
+            max_length=spec.max_position,
+            seed=spec.seed,
+            warmup_ratio=0.05,
+            scheduler="cosine",
+            output_dir=str(tmp / "_trainer"),
+        )
         shutil.rmtree(tmp / "_trainer", ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
@@ -144,12 +163,17 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[SPECIAL["pad"], SPECIAL["eos"]],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=[SPECIAL["pad"], SPECIAL["eos"]],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     bpe.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=bpe, pad_token=SPECIAL["pad"], eos_token=SPECIAL["eos"], padding_side="left",
+        tokenizer_object=bpe,
+        pad_token=SPECIAL["pad"],
+        eos_token=SPECIAL["eos"],
+        padding_side="left",
         model_max_length=4096,
     )
 
@@ -158,15 +182,31 @@ def tiny_model(spec: TinyModelSpec, tok: Any) -> Any:
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
 
     inter = spec.intermediate_size or 4 * spec.hidden_size
-    common = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                  bos_token_id=tok.eos_token_id)
+    common = dict(
+        vocab_size=len(tok),
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id,
+    )
     if spec.family == "gpt2":
-        cfg = GPT2Config(n_embd=spec.hidden_size, n_layer=spec.num_layers, n_head=spec.num_heads, n_inner=inter,
-                         n_positions=spec.max_position, **common)
+        cfg = GPT2Config(
+            n_embd=spec.hidden_size,
+            n_layer=spec.num_layers,
+            n_head=spec.num_heads,
+            n_inner=inter,
+            n_positions=spec.max_position,
+            **common,
+        )
     else:
         cls = LlamaConfig if spec.family == "llama" else Qwen2Config
-        cfg = cls(hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers,
-                  num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_heads,
-                  intermediate_size=inter, max_position_embeddings=spec.max_position, tie_word_embeddings=True,
-                  **common)
+        cfg = cls(
+            hidden_size=spec.hidden_size,
+            num_hidden_layers=spec.num_layers,
+            num_attention_heads=spec.num_heads,
+            num_key_value_heads=spec.num_heads,
+            intermediate_size=inter,
+            max_position_embeddings=spec.max_position,
+            tie_word_embeddings=True,
+            **common,
+        )
     return AutoModelForCausalLM.from_config(cfg)

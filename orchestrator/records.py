@@ -107,7 +107,10 @@ class EditResult:
                 train_loss=o.get("train_loss"),
             )
         return EditResult(
-            edit=Edit(**d["edit"]), per_student=per, reward=d["reward"], heldout=d.get("heldout", False),
+            edit=Edit(**d["edit"]),
+            per_student=per,
+            reward=d["reward"],
+            heldout=d.get("heldout", False),
             penalty=d.get("penalty"),
         )
 

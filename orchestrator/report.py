@@ -18,8 +18,11 @@ def plot_reward_curve(rounds: list[dict[str, Any]], path: Path, title: str = "")
     xs = [r["round"] for r in rounds]
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
     ax.plot(xs, [r["mean_reward"] for r in rounds], "o-", label="train contexts (mean)")
-    held = [(r["round"], r["heldout_mean_reward"], r.get("heldout_sem") or 0.0) for r in rounds
-            if r.get("heldout_mean_reward") is not None]
+    held = [
+        (r["round"], r["heldout_mean_reward"], r.get("heldout_sem") or 0.0)
+        for r in rounds
+        if r.get("heldout_mean_reward") is not None
+    ]
     if held:
         hx, hy, he = zip(*held)
         ax.errorbar(hx, hy, yerr=he, fmt="s-", capsize=3, label="held-out contexts (± s.e.)")

@@ -63,13 +63,17 @@ def weighted(values: Sequence[float], weights: Sequence[float]) -> float:
     return sum(v * w for v, w in zip(values, weights)) / total if total else 0.0
 
 
-def assign_rewards(result: EditResult, reward: str, score: str, aggregate: str, weights: dict[str, float]) -> None:
+def assign_rewards(
+    result: EditResult, reward: str, score: str, aggregate: str, weights: dict[str, float]
+) -> None:
     """Fill ``result``'s per-student rewards and the pool reward. A student the edit could not be applied to
     (``adapted is None``, reason in ``error``) gets reward 0."""
     fn, agg = REWARDS[reward], AGGREGATES[aggregate]
     values, ws = [], []
     for name, outcome in result.per_student.items():
-        outcome.reward = 0.0 if outcome.adapted is None else float(fn(outcome.baseline, outcome.adapted, score))
+        outcome.reward = (
+            0.0 if outcome.adapted is None else float(fn(outcome.baseline, outcome.adapted, score))
+        )
         values.append(outcome.reward)
         ws.append(weights.get(name, 1.0))
     result.reward = float(agg(values, ws))

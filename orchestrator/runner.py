@@ -45,7 +45,9 @@ def build_pool(cfg: Config, task: Any, device: torch.device) -> Any:
     students = []
     for sc in cfg.students:
         path = resolve_model_path(sc.model, "student", task, cfg.run.cache_dir)
-        students.append(Student(sc, load_causal_lm(path, sc.model, device), load_tokenizer(path, sc.model), task))
+        students.append(
+            Student(sc, load_causal_lm(path, sc.model, device), load_tokenizer(path, sc.model), task)
+        )
     return StudentPool(students)
 
 
@@ -82,8 +84,15 @@ class Runner:
         task = build_task(cfg.task)
         teacher, teacher_path = build_teacher(cfg, task, device)
         pool = build_pool(cfg, task, device)
-        ctx = RunContext(cfg=cfg, task=task, teacher=teacher, pool=pool, rundir=self.rundir,
-                         progress=self.progress, initial_teacher=teacher_path)
+        ctx = RunContext(
+            cfg=cfg,
+            task=task,
+            teacher=teacher,
+            pool=pool,
+            rundir=self.rundir,
+            progress=self.progress,
+            initial_teacher=teacher_path,
+        )
         algorithm = ALGORITHMS[cfg.algorithm.name]()
         algorithm.setup(ctx)
         done = self.completed_rounds()
@@ -125,7 +134,9 @@ class Runner:
 
 def format_round(r: RoundReport, score: str) -> str:
     held = "n/a" if r.heldout_mean_reward is None else f"{r.heldout_mean_reward:+.3f}±{r.heldout_sem:.3f}"
-    return f"round {r.round}: mean reward {r.mean_reward:+.3f}, held-out {held}, kept {r.kept}, {r.seconds:.0f}s"
+    return (
+        f"round {r.round}: mean reward {r.mean_reward:+.3f}, held-out {held}, kept {r.kept}, {r.seconds:.0f}s"
+    )
 
 
 def load_summary(path: str | Path) -> dict[str, Any]:

@@ -37,8 +37,10 @@ class StudentPool:
         return [s.name for s in self.students]
 
     def describe(self) -> list[dict[str, Any]]:
-        return [{"name": s.name, "model_type": s.model_type, "num_parameters": s.num_parameters}
-                for s in self.students]
+        return [
+            {"name": s.name, "model_type": s.model_type, "num_parameters": s.num_parameters}
+            for s in self.students
+        ]
 
     def baselines(self, contexts: Iterable[Context], progress: bool = False) -> None:
         """Score every unadapted student on every context once (cached inside each student)."""
@@ -63,7 +65,9 @@ class StudentPool:
             context = contexts[edit.context_id]
             result = EditResult(edit=edit)
             for s in self.students:
-                result.per_student[s.name] = s.evaluate_edit(edit.text, context, edit_seed(run_seed, edit, s.name))
+                result.per_student[s.name] = s.evaluate_edit(
+                    edit.text, context, edit_seed(run_seed, edit, s.name)
+                )
             if on_result is not None:
                 on_result(result)
             results.append(result)

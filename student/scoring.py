@@ -36,7 +36,9 @@ def token_f1(prediction: str, gold: str) -> float:
 
 
 @torch.no_grad()
-def greedy_answers(model: Any, tok: Any, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+def greedy_answers(
+    model: Any, tok: Any, prompts: list[str], max_new_tokens: int, batch_size: int
+) -> list[str]:
     """Greedy, KV-cached decoding of each prompt (left-padded batches); the answer ends at a newline or EOS."""
     device = next(model.parameters()).device
     answers: list[str] = []
@@ -44,8 +46,14 @@ def greedy_answers(model: Any, tok: Any, prompts: list[str], max_new_tokens: int
         chunk = prompts[i : i + batch_size]
         enc = tok(chunk, return_tensors="pt", padding=True, padding_side="left").to(device)
         out = model.generate(
-            **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id, temperature=None, top_p=None, top_k=None,
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            temperature=None,
+            top_p=None,
+            top_k=None,
         )
         new = out[:, enc["input_ids"].shape[1] :]
         for text in tok.batch_decode(new, skip_special_tokens=True):
@@ -54,7 +62,9 @@ def greedy_answers(model: Any, tok: Any, prompts: list[str], max_new_tokens: int
 
 
 @torch.no_grad()
-def gold_logprobs(model: Any, tok: Any, prompts: list[str], answers: list[str], batch_size: int) -> list[float]:
+def gold_logprobs(
+    model: Any, tok: Any, prompts: list[str], answers: list[str], batch_size: int
+) -> list[float]:
     """Mean per-token log-probability of each gold answer (``" " + answer`` then EOS) after its prompt.
 
     Teacher-forced, one forward pass per batch: no decoding."""
@@ -82,8 +92,9 @@ def gold_logprobs(model: Any, tok: Any, prompts: list[str], answers: list[str], 
     return out
 
 
-def score_context(model: Any, tok: Any, task: Any, context: Context, max_new_tokens: int,
-                  batch_size: int) -> StudentScore:
+def score_context(
+    model: Any, tok: Any, task: Any, context: Context, max_new_tokens: int, batch_size: int
+) -> StudentScore:
     """Score a student on a context's questions without the context in the prompt."""
     if not context.questions:
         return StudentScore(0.0, 0.0, 0.0, 0)

@@ -22,7 +22,9 @@ class Batch:
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
 
 
-def encode_item(tok: Any, item: TrainingItem, max_length: int, loss_on: str = "completion") -> tuple[list[int], list[int]]:
+def encode_item(
+    tok: Any, item: TrainingItem, max_length: int, loss_on: str = "completion"
+) -> tuple[list[int], list[int]]:
     """``(input_ids, labels)`` for one item: prompt ids (with the tokenizer's own special prefix, e.g. BOS),
     completion ids, then EOS. Prompt tokens get IGNORE labels unless ``loss_on == "all"``."""
     prompt_ids = tok(item.prompt, add_special_tokens=True)["input_ids"] if item.prompt else _prefix(tok)

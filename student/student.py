@@ -50,8 +50,9 @@ class Student:
 
     # -- scoring -------------------------------------------------------------------------------------------
     def score(self, context: Context) -> StudentScore:
-        return score_context(self.model, self.tok, self.task, context, self.cfg.max_new_tokens,
-                             self.cfg.eval_batch_size)
+        return score_context(
+            self.model, self.tok, self.task, context, self.cfg.max_new_tokens, self.cfg.eval_batch_size
+        )
 
     def baseline(self, context: Context) -> StudentScore:
         """The unadapted student's score on a context, computed once and cached."""
@@ -73,7 +74,9 @@ class Student:
             return StudentOutcome(base, None, 0.0, error=str(exc))
         except torch.OutOfMemoryError:
             _free_memory()
-            return StudentOutcome(base, None, 0.0, error="out of memory while adapting; lower adapt.batch_size")
+            return StudentOutcome(
+                base, None, 0.0, error="out of memory while adapting; lower adapt.batch_size"
+            )
         return StudentOutcome(base, adapted, 0.0, train_loss=loss)
 
     def adapted(self, items: list[TrainingItem], seed: int) -> _Adapted:
@@ -94,11 +97,16 @@ class Student:
             rng.shuffle(order)
             losses = []
             for i in range(0, len(order), a.batch_size):
-                batch = collate(self.tok, [items[j] for j in order[i : i + a.batch_size]], a.max_length,
-                                a.loss_on).to(device)
-                out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels)
+                batch = collate(
+                    self.tok, [items[j] for j in order[i : i + a.batch_size]], a.max_length, a.loss_on
+                ).to(device)
+                out = model(
+                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels
+                )
                 if not torch.isfinite(out.loss):
-                    raise EditError(f"non-finite inner-loop loss ({float(out.loss)}); lower adapt.learning_rate")
+                    raise EditError(
+                        f"non-finite inner-loop loss ({float(out.loss)}); lower adapt.learning_rate"
+                    )
                 opt.zero_grad(set_to_none=True)
                 out.loss.backward()
                 if a.max_grad_norm > 0:
@@ -124,8 +132,14 @@ class _Adapted:
             from peft import LoraConfig, get_peft_model
 
             targets: Any = "all-linear" if a.target_modules == ["all-linear"] else list(a.target_modules)
-            cfg = LoraConfig(r=a.lora_r, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout,
-                             target_modules=targets, task_type="CAUSAL_LM")
+            cfg = LoraConfig(
+                r=a.lora_r,
+                lora_alpha=a.lora_alpha,
+                lora_dropout=a.lora_dropout,
+                target_modules=targets,
+                task_type="CAUSAL_LM",
+                fan_in_fan_out=s.model_type == "gpt2",
+            )  # GPT-2 stores Conv1D weights transposed
             s.model = get_peft_model(s.model, cfg)
         else:
             self._snapshot = {k: v.detach().clone() for k, v in s.model.state_dict().items()}

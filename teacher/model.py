@@ -40,30 +40,56 @@ class Teacher:
         return text
 
     @torch.no_grad()
-    def propose(self, contexts: list[Context], round_index: int, seed: int, progress: bool = False) -> list[Edit]:
+    def propose(
+        self, contexts: list[Context], round_index: int, seed: int, progress: bool = False
+    ) -> list[Edit]:
         """Sample ``generation.num_edits`` edits for every context (temperature / nucleus sampling)."""
         g = self.cfg.generation
         device = next(self.model.parameters()).device
         torch.manual_seed(seed)
         edits: list[Edit] = []
         per_call = max(1, g.batch_size // g.num_edits)
-        bar = tqdm(total=len(contexts), desc=f"teacher round {round_index}: writing edits", disable=not progress,
-                   unit="ctx")
+        bar = tqdm(
+            total=len(contexts),
+            desc=f"teacher round {round_index}: writing edits",
+            disable=not progress,
+            unit="ctx",
+        )
         for i in range(0, len(contexts), per_call):
             chunk = contexts[i : i + per_call]
             prompts = [self.prompt(c) for c in chunk]
-            enc = self.tok(prompts, return_tensors="pt", padding=True, padding_side="left",
-                           add_special_tokens=not self.uses_chat_template).to(device)
+            enc = self.tok(
+                prompts,
+                return_tensors="pt",
+                padding=True,
+                padding_side="left",
+                add_special_tokens=not self.uses_chat_template,
+            ).to(device)
             out = self.model.generate(
-                **enc, do_sample=True, temperature=g.temperature, top_p=g.top_p, top_k=0,
-                max_new_tokens=g.max_new_tokens, num_return_sequences=g.num_edits,
-                pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id,
+                **enc,
+                do_sample=True,
+                temperature=g.temperature,
+                top_p=g.top_p,
+                top_k=0,
+                max_new_tokens=g.max_new_tokens,
+                num_return_sequences=g.num_edits,
+                pad_token_id=self.tok.pad_token_id,
+                eos_token_id=self.tok.eos_token_id,
             )
             texts = self.tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             for j, text in enumerate(texts):
                 c, k = chunk[j // g.num_edits], j % g.num_edits
-                edits.append(Edit(context_id=c.id, format=self.cfg.prompt_format, sample_index=k, text=text.strip(),
-                                  teacher=self.checkpoint, prompt=prompts[j // g.num_edits], round=round_index))
+                edits.append(
+                    Edit(
+                        context_id=c.id,
+                        format=self.cfg.prompt_format,
+                        sample_index=k,
+                        text=text.strip(),
+                        teacher=self.checkpoint,
+                        prompt=prompts[j // g.num_edits],
+                        round=round_index,
+                    )
+                )
             bar.update(len(chunk))
         bar.close()
         return edits
@@ -73,10 +99,20 @@ class Teacher:
         t = self.cfg.train
         records = [{"prompt": p, "completion": c} for p, c in pairs]
         self.model, loss = sft_train(
-            self.model, self.tok, records, learning_rate=t.learning_rate, batch_size=t.batch_size,
-            epochs=t.epochs, max_length=t.max_length, seed=seed, method=t.method, lora_r=t.lora_r,
-            lora_alpha=t.lora_alpha, gradient_accumulation_steps=t.gradient_accumulation_steps,
-            deepspeed=t.deepspeed, progress=progress,
+            self.model,
+            self.tok,
+            records,
+            learning_rate=t.learning_rate,
+            batch_size=t.batch_size,
+            epochs=t.epochs,
+            max_length=t.max_length,
+            seed=seed,
+            method=t.method,
+            lora_r=t.lora_r,
+            lora_alpha=t.lora_alpha,
+            gradient_accumulation_steps=t.gradient_accumulation_steps,
+            deepspeed=t.deepspeed,
+            progress=progress,
         )
         return loss
 

@@ -74,9 +74,14 @@ def sft_train(
     if method == "lora":
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM")
+        peft_config = LoraConfig(
+            r=lora_r, lora_alpha=lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(records), processing_class=tokenizer,
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(records),
+        processing_class=tokenizer,
         peft_config=peft_config,
     )
     # Libraries log; HF's PrinterCallback would print every log dict to stdout.

@@ -62,7 +62,9 @@ class Algorithm(Protocol):
     def cleanup(self) -> None: ...
 
 
-def score_edits(ctx: RunContext, contexts: list[Context], round_index: int, heldout: bool) -> list[EditResult]:
+def score_edits(
+    ctx: RunContext, contexts: list[Context], round_index: int, heldout: bool
+) -> list[EditResult]:
     """Propose edits for ``contexts`` (or reuse the persisted proposals), evaluate those not yet scored on the
     pool, assign rewards and append each record as it completes. Returns all of the round's results."""
     cfg, rd = ctx.cfg, ctx.rundir
@@ -77,8 +79,13 @@ def score_edits(ctx: RunContext, contexts: list[Context], round_index: int, held
     done = {(r.edit.key, r.heldout): r for r in rd.edits(round_index)}
     todo = [e for e in edits if (e.key, heldout) not in done]
     if len(todo) < len(edits):
-        log.info("round %d %s: %d of %d edits already scored, resuming", round_index, tag, len(edits) - len(todo),
-                 len(edits))
+        log.info(
+            "round %d %s: %d of %d edits already scored, resuming",
+            round_index,
+            tag,
+            len(edits) - len(todo),
+            len(edits),
+        )
     weights = {s.name: s.weight for s in cfg.students}
 
     def finish(result: EditResult) -> None:
@@ -88,8 +95,14 @@ def score_edits(ctx: RunContext, contexts: list[Context], round_index: int, held
 
     by_id = {c.id: c for c in contexts}
     ctx.pool.baselines(contexts, progress=ctx.progress)
-    ctx.pool.evaluate(todo, by_id, cfg.run.seed, on_result=finish, progress=ctx.progress,
-                      desc=f"round {round_index} {tag}: adapting students")
+    ctx.pool.evaluate(
+        todo,
+        by_id,
+        cfg.run.seed,
+        on_result=finish,
+        progress=ctx.progress,
+        desc=f"round {round_index} {tag}: adapting students",
+    )
     scored = {(r.edit.key, r.heldout): r for r in rd.edits(round_index)}
     return [scored[(e.key, heldout)] for e in edits]
 
@@ -136,8 +149,15 @@ def per_student_summary(results: list[EditResult], score: str) -> dict[str, dict
     return out
 
 
-def make_report(ctx: RunContext, round_index: int, train: list[EditResult], heldout: list[EditResult],
-                kept: int, started: float, teacher_loss: float | None) -> RoundReport:
+def make_report(
+    ctx: RunContext,
+    round_index: int,
+    train: list[EditResult],
+    heldout: list[EditResult],
+    kept: int,
+    started: float,
+    teacher_loss: float | None,
+) -> RoundReport:
     mean_train, _ = mean_sem([r.reward for r in train])
     held_m, held_sem = mean_sem(per_context_rewards(heldout)) if heldout else (None, None)
     styles: dict[str, int] = {}
@@ -147,8 +167,14 @@ def make_report(ctx: RunContext, round_index: int, train: list[EditResult], held
             k = classify(r.edit.text)
             styles[k] = styles.get(k, 0) + 1
     return RoundReport(
-        round=round_index, mean_reward=mean_train, heldout_mean_reward=held_m, heldout_sem=held_sem, kept=kept,
-        seconds=time.time() - started, per_student=per_student_summary(heldout or train, ctx.cfg.reward.score),
-        teacher_loss=teacher_loss, edit_styles=styles,
+        round=round_index,
+        mean_reward=mean_train,
+        heldout_mean_reward=held_m,
+        heldout_sem=held_sem,
+        kept=kept,
+        seconds=time.time() - started,
+        per_student=per_student_summary(heldout or train, ctx.cfg.reward.score),
+        teacher_loss=teacher_loss,
+        edit_styles=styles,
         errors=sum(1 for r in train + heldout for o in r.per_student.values() if o.error),
     )

@@ -45,10 +45,15 @@ class RestEM:
             if kept:
                 pairs = [(r.edit.prompt, r.edit.text) for r in kept]
                 loss = ctx.teacher.train(pairs, seed=cfg.run.seed + round_index, progress=False)
-                log.info("round %d: teacher trained on %d kept edits (loss %.4f)", round_index, len(kept), loss)
+                log.info(
+                    "round %d: teacher trained on %d kept edits (loss %.4f)", round_index, len(kept), loss
+                )
             else:
-                log.warning("round %d: no edit had reward > %s; the teacher is not updated", round_index,
-                            cfg.algorithm.threshold)
+                log.warning(
+                    "round %d: no edit had reward > %s; the teacher is not updated",
+                    round_index,
+                    cfg.algorithm.threshold,
+                )
             self.save_checkpoint(round_index + 1)
         return make_report(ctx, round_index, train, heldout, len(kept), started, loss)
 

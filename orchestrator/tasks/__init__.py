@@ -10,8 +10,12 @@ from orchestrator.tasks.squad import SquadTask
 from orchestrator.tasks.synthetic import SyntheticTask
 
 TASKS: dict[str, Callable[..., Any]] = {
-    "synthetic": lambda c: SyntheticTask(c.num_train_contexts, c.num_heldout_contexts, c.seed, c.max_questions),
-    "squad": lambda c: SquadTask(c.path, c.num_train_contexts, c.num_heldout_contexts, c.seed, c.max_questions),
+    "synthetic": lambda c: SyntheticTask(
+        c.num_train_contexts, c.num_heldout_contexts, c.seed, c.max_questions
+    ),
+    "squad": lambda c: SquadTask(
+        c.path, c.num_train_contexts, c.num_heldout_contexts, c.seed, c.max_questions
+    ),
 }
 
 

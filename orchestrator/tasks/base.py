@@ -9,7 +9,9 @@ from typing import Protocol
 from orchestrator.records import Context
 
 # A QA line inside an edit: "Q: <question> A: <answer>" (also "Question: ... Answer: ...").
-_QA_LINE = re.compile(r"^\s*(?:Q|Question)\s*:\s*(?P<q>.+?)\s+(?:A|Answer)\s*:\s*(?P<a>.+?)\s*$", re.IGNORECASE)
+_QA_LINE = re.compile(
+    r"^\s*(?:Q|Question)\s*:\s*(?P<q>.+?)\s+(?:A|Answer)\s*:\s*(?P<a>.+?)\s*$", re.IGNORECASE
+)
 # List markers teachers like to write: "1.", "2)", "-", "*", "•".
 _BULLET = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+")
 
@@ -35,7 +37,9 @@ class Task(Protocol):
         """The no-context prompt a student answers, e.g. ``"Q: Who ...? A:"``."""
         ...
 
-    def training_items(self, edit_text: str, context: Context, include_context: bool) -> list[TrainingItem]: ...
+    def training_items(
+        self, edit_text: str, context: Context, include_context: bool
+    ) -> list[TrainingItem]: ...
 
     def student_corpus(self, n: int, seed: int) -> list[tuple[str, str]]:
         """(prompt, completion) texts to pretrain a tiny student (never the train or held-out contexts)."""

@@ -54,15 +54,23 @@ def to_context(record: dict, index: int, max_questions: int = 0) -> Context:
     qs = tuple(Question(str(q["question"]), str(q["answer"])) for q in record["questions"])
     if max_questions:
         qs = qs[:max_questions]
-    return Context(id=f"squad-{index:05d}", text=record["context"], questions=qs, title=record.get("title") or "")
+    return Context(
+        id=f"squad-{index:05d}", text=record["context"], questions=qs, title=record.get("title") or ""
+    )
 
 
 class SquadTask:
     name = "squad"
     formats = ("implications", "rewrite", "self-qa")
 
-    def __init__(self, path: str | None = None, num_train: int = 16, num_heldout: int = 16, seed: int = 0,
-                 max_questions: int = 0):
+    def __init__(
+        self,
+        path: str | None = None,
+        num_train: int = 16,
+        num_heldout: int = 16,
+        seed: int = 0,
+        max_questions: int = 0,
+    ):
         self.path = Path(path) if path else bundled_path()
         records = load_seal_json(self.path)
         contexts = [to_context(r, i, max_questions) for i, r in enumerate(records) if r["questions"]]

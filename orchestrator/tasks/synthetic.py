@@ -28,9 +28,31 @@ SYLLABLES = ["ka", "lo", "mi", "ru", "ze", "ta", "po", "ne", "vi", "su",
 
 VALUES: dict[str, list[str]] = {
     "colour": ["red", "blue", "green", "yellow", "purple", "orange", "white", "black", "grey", "pink"],
-    "town": ["dunmore", "ashford", "kelby", "marlow", "tornby", "wexley", "halden", "brisk", "oakham", "pellow"],
+    "town": [
+        "dunmore",
+        "ashford",
+        "kelby",
+        "marlow",
+        "tornby",
+        "wexley",
+        "halden",
+        "brisk",
+        "oakham",
+        "pellow",
+    ],
     "food": ["figs", "plums", "bread", "rice", "beans", "soup", "pears", "cheese", "olives", "honey"],
-    "trade": ["baker", "farmer", "sailor", "painter", "doctor", "miner", "tailor", "singer", "hunter", "weaver"],
+    "trade": [
+        "baker",
+        "farmer",
+        "sailor",
+        "painter",
+        "doctor",
+        "miner",
+        "tailor",
+        "singer",
+        "hunter",
+        "weaver",
+    ],
 }
 
 # Narrative sentences (what passages say).
@@ -102,7 +124,9 @@ def edit_in_style(p: Person, style: str, rng: random.Random) -> str:
     if style == "qa_alt":
         return "\n".join(f"Q: {ALT_QUESTIONS[k].format(n=p.name)} A: {p.attrs[k]}" for k in keys)
     if style == "qa_partial":
-        return "\n".join(f"Q: {QUESTIONS[k].format(n=p.name)} A: {p.attrs[k]}" for k in keys[: rng.randint(1, 2)])
+        return "\n".join(
+            f"Q: {QUESTIONS[k].format(n=p.name)} A: {p.attrs[k]}" for k in keys[: rng.randint(1, 2)]
+        )
     if style == "statements":
         return "\n".join(STATEMENTS[k].format(n=p.name, v=p.attrs[k]) for k in keys)
     if style == "rewrite":
@@ -142,7 +166,9 @@ class SyntheticTask:
         rest = names[2 * n_pre :]
         rng = random.Random(seed)
         rng.shuffle(rest)
-        self._train = [self._context("train", i, _person(n, rng), rng) for i, n in enumerate(rest[:num_train])]
+        self._train = [
+            self._context("train", i, _person(n, rng), rng) for i, n in enumerate(rest[:num_train])
+        ]
         held = rest[num_train : num_train + num_heldout]
         self._heldout = [self._context("heldout", i, _person(n, rng), rng) for i, n in enumerate(held)]
 

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import ConfigError, load_config, to_yaml
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ALL_YAML = sorted(p for p in CONFIGS.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ALL_YAML, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_config_in_repo_loads_and_validates(path):
+    cfg = load_config(path)
+    assert cfg.students, "every config names at least one student"
+    # The resolved YAML round-trips to the same config.
+    again = load_config(_write(path.parent / f".roundtrip-{path.stem}.yaml", to_yaml(cfg)))
+    assert again == cfg
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    import atexit
+
+    atexit.register(lambda: path.unlink(missing_ok=True))
+    return path
+
+
+def test_overrides_change_values_and_swap_architecture():
+    cfg = load_config(CONFIGS / "default.yaml", ["algorithm.rounds=5", "students.0.model.tiny.family=qwen2"])
+    assert cfg.algorithm.rounds == 5
+    assert cfg.students[0].model.tiny.family == "qwen2"
+    assert cfg.students[1].model.tiny.family == "gpt2"  # the rest of the list is untouched
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["algorithm.rounds=-1"], "algorithm.rounds"),
+        (["algorithm.roundz=2"], "unknown config key"),
+        (["algorithm.rounds=two"], "algorithm.rounds"),
+        (["reward.name=nope"], "reward.name"),
+        (["reward.score=bleu"], "reward.score"),
+        (["teacher.generation.temperature=0"], "temperature"),
+        (["students.0.adapt.method=qlora"], "students[0].adapt.method"),
+        (["students.0.model.tiny.family=mamba"], "students[0].model.tiny.family"),
+        (["students.1.name=llama-s"], "unique"),
+        (["task.name=mmlu"], "task.name"),
+        (["task.path=/nonexistent/file.json"], "task.path"),
+        (["run.device=tpu"], "run.device"),
+        (["algorithm.keep=top3"], "algorithm.keep"),
+        (["rounds"], "key=value"),
+    ],
+)
+def test_bad_values_name_the_field(overrides, needle):
+    with pytest.raises(ConfigError, match=None) as info:
+        load_config(CONFIGS / "default.yaml", overrides)
+    assert needle in str(info.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: {name: x\nstudents: [")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("just a string\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(scalar)
+
+
+def test_students_required(tmp_path):
+    p = tmp_path / "nostudents.yaml"
+    p.write_text("teacher: {model: {path: some/model}}\n")
+    with pytest.raises(ConfigError, match="students"):
+        load_config(p)
+
+
+def test_trust_remote_code_is_off_by_default():
+    cfg = load_config(CONFIGS / "default.yaml")
+    assert cfg.teacher.model.trust_remote_code is False
+    assert all(s.model.trust_remote_code is False for s in cfg.students)
