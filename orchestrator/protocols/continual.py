@@ -167,7 +167,9 @@ def baseline_scores(answers: list[Answer], passages: list[str]) -> dict[str, lis
 
 
 def plot_forgetting(entries: list[dict[str, Any]], metric: str, path: Path) -> None:
-    """One heatmap per (student row, source column): score on each passage (x) after each step (y)."""
+    """One heatmap per (student row, source column): score on each passage (x) after each step (y), as a
+    change from the unchanged student's score when the base was evaluated (gain and forgetting read
+    directly), else raw."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -179,16 +181,30 @@ def plot_forgetting(entries: list[dict[str, Any]], metric: str, path: Path) -> N
     fig, axes = plt.subplots(
         len(students), len(sources), figsize=(3.2 * len(sources), 2.9 * len(students)), dpi=110, squeeze=False
     )
+    relative = all("baseline" in e for e in entries)
     for e in entries:
         ax = axes[students.index(e["student"])][sources.index(e["source"])]
         m = np.array([[np.nan if v is None else v for v in row] for row in e["matrix"][metric]], dtype=float)
-        im = ax.imshow(np.ma.masked_invalid(m), cmap="viridis", aspect="auto", origin="upper")
+        if relative:
+            m = (
+                m
+                - np.array([np.nan if v is None else v for v in e["baseline"][metric]], dtype=float)[None, :]
+            )
+        span = float(np.nanmax(np.abs(m))) if relative and np.isfinite(m).any() else None
+        im = ax.imshow(
+            np.ma.masked_invalid(m),
+            cmap="RdBu" if relative else "viridis",
+            vmin=-span if span else None,
+            vmax=span if span else None,
+            aspect="auto",
+        )
         ax.set_title(f"{e['source']} → {e['student']}", fontsize=8)
         ax.set_xlabel("passage evaluated", fontsize=7)
         ax.set_ylabel("after step", fontsize=7)
         ax.tick_params(labelsize=6)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
-    fig.suptitle(f"continual edits: {metric} per passage after each step", fontsize=9)
+    what = f"{metric} change from the base student" if relative else metric
+    fig.suptitle(f"continual edits: {what}, per passage after each step", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

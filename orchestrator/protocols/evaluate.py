@@ -201,17 +201,32 @@ def run_eval(cfg: Config, req: EvalRequest, rd: RunDir) -> EvalOutcome:
     check_task(cfg, task, contexts)
     rd.write_text("config.yaml", to_yaml(cfg))
     rd.write_json("request.json", dataclasses.asdict(req))
-    log.info(
-        "%s protocol on %d passages (%d questions) of %s",
-        req.protocol,
-        len(contexts),
-        sum(len(c.questions) for c in contexts),
-        req.data,
-    )
+    n_q = sum(len(c.questions) for c in contexts)
+    log.info("%s protocol on %d passages (%d questions) of %s", req.protocol, len(contexts), n_q, req.data)
     sources = [Source(s, s) for s in ("base", "passage") if s in req.sources]
     if "teacher" in req.sources:
         sources.append(teacher_source(cfg, task, contexts, device, rd))
     sources += file_sources
+    results = evaluate_students(cfg, req, task, sources, contexts, device, rd)
+    verdicts = grade(cfg, task, results, device, rd) if cfg.judge is not None else None
+    rows = _order(summarize(results, verdicts), sources, cfg)
+    if req.protocol == "continual":
+        write_forgetting(results, contexts, req, rd)
+    write_table(rows, req, contexts, rd)
+    return EvalOutcome(rd.path, rows, len(contexts), time.time() - started)
+
+
+def evaluate_students(
+    cfg: Config,
+    req: EvalRequest,
+    task: Any,
+    sources: list[Source],
+    contexts: list[Context],
+    device: torch.device,
+    rd: RunDir,
+) -> list[UpdateResult]:
+    """Run the protocol for every source on each student in turn (one student in memory at a time); every
+    update's record is appended to ``updates.jsonl`` as it completes."""
     settings = Settings(
         run_seed=cfg.run.seed,
         k=req.k,
@@ -228,26 +243,14 @@ def run_eval(cfg: Config, req: EvalRequest, rd: RunDir) -> EvalOutcome:
             results += PROTOCOLS[req.protocol](student, source, contexts, settings, base)
         del student, base
         _free()
-    verdicts = grade(cfg, task, results, device, rd) if cfg.judge is not None else None
-    rows = _order(summarize(results, verdicts), sources, cfg)
-    if req.protocol == "continual":
-        write_forgetting(results, contexts, req, rd)
-    rd.write_json(
-        "eval.json",
-        json_safe(
-            {
-                "protocol": req.protocol,
-                "data": req.data,
-                "passages": len(contexts),
-                "rows": [dataclasses.asdict(r) for r in rows],
-            }
-        ),
-    )
-    table = markdown_table(rows)
-    rd.write_text(
-        "eval.md", f"# teachedit eval: {req.protocol} protocol\n\n{_describe(req, contexts)}\n\n{table}\n"
-    )
-    return EvalOutcome(rd.path, rows, len(contexts), time.time() - started)
+    return results
+
+
+def write_table(rows: list[Row], req: EvalRequest, contexts: list[Context], rd: RunDir) -> None:
+    doc = {"protocol": req.protocol, "data": req.data, "passages": len(contexts)}
+    rd.write_json("eval.json", json_safe({**doc, "rows": [dataclasses.asdict(r) for r in rows]}))
+    head = f"# teachedit eval: {req.protocol} protocol\n\n{_describe(req, contexts)}\n\n"
+    rd.write_text("eval.md", head + markdown_table(rows) + "\n")
 
 
 def write_forgetting(
