@@ -63,6 +63,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_styles(args: argparse.Namespace) -> int:
+    import json
+
+    from orchestrator.config import load_config
+    from orchestrator.diagnostics import style_values
+    from orchestrator.models import resolve_device
+    from orchestrator.runner import build_pool, seed_everything
+    from orchestrator.tasks import build_task
+
+    _setup_logging(args.verbose)
+    _quiet_libraries()
+    cfg = load_config(args.config, args.overrides)
+    seed_everything(cfg.run.seed)
+    task = build_task(cfg.task)
+    pool = build_pool(cfg, task, resolve_device(cfg.run.device))
+    values = style_values(cfg, task, pool, progress=cfg.run.progress)
+    names = pool.names
+    print(f"| edit style | pool reward ({cfg.reward.score} gain) | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for style, row in sorted(values.items(), key=lambda kv: -kv[1]["reward"][0]):
+        m, se = row["reward"]
+        print(f"| {style} | {m:+.3f} ± {se:.3f} | " + " | ".join(f"{row[n]:+.3f}" for n in names) + " |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(values, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="teachedit", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -73,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. algorithm.rounds=3")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     run.set_defaults(fn=cmd_run)
+
+    styles = sub.add_parser("styles", help="how much each reference edit style is worth to each student")
+    styles.add_argument("config")
+    styles.add_argument("overrides", nargs="*")
+    styles.add_argument("--out", help="also write the values as JSON")
+    styles.set_defaults(fn=cmd_styles)
     return p
 
 
