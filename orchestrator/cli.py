@@ -29,6 +29,7 @@ def _quiet_libraries() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars on every model load
     import datasets
 
     datasets.disable_progress_bars()
