@@ -79,9 +79,10 @@ def compare_table(summaries: list[dict[str, Any]], labels: list[str]) -> str:
         for rnd, spent, held, sem in heldout_curve(s):
             cells = [label, s.get("algorithm", "?"), str(rnd), f"{held:+.3f} ± {sem:.3f}", str(spent)]
             lines.append("| " + " | ".join(cells + [str(evals.get(rnd, 0))]) + " |")
+    lines.append("")
     for label, s in zip(labels, summaries):
         total = sum(r.get("student_evals", 0) for r in s.get("rounds", []))
-        lines.append(f"\n{label}: {total} student evaluations in all, {s.get('wall_seconds', 0):.0f}s")
+        lines.append(f"{label}: {total} student evaluations in all, {s.get('wall_seconds', 0):.0f}s")
     return "\n".join(lines)
 
 
