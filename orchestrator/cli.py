@@ -91,6 +91,24 @@ def cmd_styles(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from orchestrator.report import compare_table, plot_comparison
+    from orchestrator.runner import load_summary
+
+    for run in args.runs:
+        if not (Path(run) / "summary.json").is_file():
+            raise FileNotFoundError(
+                f"{run} has no summary.json: pass run directories written by `teachedit run`"
+            )
+    summaries = [load_summary(run) for run in args.runs]
+    labels = [Path(run).name for run in args.runs]
+    print(compare_table(summaries, labels))
+    if args.out:
+        plot_comparison(summaries, labels, Path(args.out))
+        print(f"plot: {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="teachedit", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -107,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     styles.add_argument("overrides", nargs="*")
     styles.add_argument("--out", help="also write the values as JSON")
     styles.set_defaults(fn=cmd_styles)
+
+    compare = sub.add_parser("compare", help="compare runs' held-out reward curves (e.g. ReST-EM vs GRPO)")
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="run directories (each holds summary.json)")
+    compare.add_argument("--out", metavar="FILE.png", help="write the comparison plot here")
+    compare.set_defaults(fn=cmd_compare)
     return p
 
 
