@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from orchestrator import faults
 from orchestrator.config import StudentConfig
 from orchestrator.records import Context, StudentOutcome, StudentScore
 from orchestrator.tasks.base import TrainingItem
@@ -50,9 +51,11 @@ class Student:
 
     # -- scoring -------------------------------------------------------------------------------------------
     def score(self, context: Context) -> StudentScore:
-        return score_context(
+        score = score_context(
             self.model, self.tok, self.task, context, self.cfg.max_new_tokens, self.cfg.eval_batch_size
         )
+        faults.point("score")
+        return score
 
     def baseline(self, context: Context) -> StudentScore:
         """The unadapted student's score on a context, computed once and cached."""
@@ -112,6 +115,7 @@ class Student:
                 if a.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm)
                 opt.step()
+                faults.point("adapt")
                 losses.append(out.loss.item())
             last = sum(losses) / len(losses)
         model.eval()
