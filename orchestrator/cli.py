@@ -39,6 +39,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.report import round_table
     from orchestrator.runner import Runner
 
+    _quiet_libraries()  # before preflight reads data files (datasets' progress bars)
     if args.resume:
         runner = Runner.resume(args.resume, args.overrides)
     else:
@@ -50,7 +51,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 2
         runner = Runner.new(load_config(args.config, args.overrides))
     _setup_logging(args.verbose, runner.rundir.path / "run.log")
-    _quiet_libraries()
     print(f"run directory: {runner.rundir.path}")
     summary = runner.run()
     print()
@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except (ConfigError, ModelLoadError, RunDirError, FileNotFoundError, ValueError) as exc:
-        print(f"teachedit: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, even for multi-line YAML parser messages
+        print(f"teachedit: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("teachedit: interrupted; completed records are saved. Continue with --resume.", file=sys.stderr)
