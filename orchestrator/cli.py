@@ -39,8 +39,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.report import round_table
     from orchestrator.runner import Runner
 
-    _quiet_libraries()  # before preflight reads data files (datasets' progress bars)
     if args.resume:
+        _quiet_libraries()  # before preflight reads data files (datasets' progress bars)
         runner = Runner.resume(args.resume, args.overrides)
     else:
         if args.config is None:
@@ -49,7 +49,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        runner = Runner.new(load_config(args.config, args.overrides))
+        cfg = load_config(args.config, args.overrides)  # config errors come back fast
+        _quiet_libraries()
+        runner = Runner.new(cfg)
     _setup_logging(args.verbose, runner.rundir.path / "run.log")
     print(f"run directory: {runner.rundir.path}")
     summary = runner.run()

@@ -21,6 +21,15 @@ SOURCES = sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
 UNSAFE_FORMATS = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on one intra-op thread: as fast alone, and far faster when other jobs share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _spy(monkeypatch: pytest.MonkeyPatch, cls: Any, seen: list[dict]) -> None:
     real = cls.from_pretrained
 
