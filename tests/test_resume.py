@@ -169,18 +169,19 @@ def edit_records_tolerant(run: Path, round_index: int) -> list[dict]:
     return RunDir(run).read_jsonl(f"edits/round_{round_index}.jsonl")
 
 
-# generate:1/2 round 0 (train, held-out), 3 round 1; adapt: 1st step, mid round; score:1 a baseline,
-# score:9 an adapted student; write:1 first record, 7 = round 0's metrics line, 9 a round-1 record.
+# generate:1/2 round 0 (train, held-out contexts), 3 round 1; adapt: the 1st step, mid round 0, in round 1;
+# score:1 a baseline, 9 an adapted student; write:1 the first record, 7 round 0's metrics line, 9 a round-1
+# record. (The tiny teacher's SFT is one step, so train:1 is the only train point.)
 SINGLE_FAULTS = [
     "generate:1",
     "generate:2",
     "generate:3",
     "adapt:1",
     "adapt:13",
+    "adapt:30",
     "score:1",
     "score:9",
     "train:1",
-    "train:2",
     "checkpoint:1",
     "write:1",
     "write:7",
