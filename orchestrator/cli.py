@@ -41,6 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.runner import Runner
 
     if args.resume:
+        _quiet_libraries()  # before preflight reads data files (datasets' progress bars)
         runner = Runner.resume(args.resume, args.overrides)
     else:
         if args.config is None:
@@ -49,9 +50,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        runner = Runner.new(load_config(args.config, args.overrides))
+        cfg = load_config(args.config, args.overrides)  # config errors come back fast
+        _quiet_libraries()
+        runner = Runner.new(cfg)
     _setup_logging(args.verbose, runner.rundir.path / "run.log")
-    _quiet_libraries()
     print(f"run directory: {runner.rundir.path}")
     summary = runner.run()
     print()
@@ -145,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except (ConfigError, ModelLoadError, RunDirError, FileNotFoundError, ValueError) as exc:
-        print(f"teachedit: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, even for multi-line YAML parser messages
+        print(f"teachedit: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("teachedit: interrupted; completed records are saved. Continue with --resume.", file=sys.stderr)

@@ -74,7 +74,13 @@ class AdaptConfig:
     learning_rate: float = field(default=1e-3, metadata={"help": "Inner-loop learning rate."})
     epochs: int = field(default=10, metadata={"help": "Passes over the edit's training sequences."})
     batch_size: int = field(default=16, metadata={"help": "Sequences per inner-loop step."})
-    max_length: int = field(default=128, metadata={"help": "Longest training sequence in tokens."})
+    max_length: int = field(
+        default=128, metadata={"help": "Longest training sequence in tokens; longer ones are cut (recorded)."}
+    )
+    max_sequences: int = field(
+        default=256,
+        metadata={"help": "Most training sequences one edit gives; the rest are dropped (recorded)."},
+    )
     include_context: bool = field(
         default=False, metadata={"help": "Also train on the raw passage (SEAL's 'passage + edit' variant)."}
     )
@@ -358,7 +364,11 @@ def validate(cfg: Config) -> None:
     from orchestrator.rewards import AGGREGATES, REWARDS, check_reward_config
     from orchestrator.tasks import TASKS
 
-    _check(bool(cfg.run.name) and "/" not in cfg.run.name, "run.name", "a non-empty name without '/'")
+    _check(
+        bool(cfg.run.name) and "/" not in cfg.run.name and cfg.run.name not in (".", ".."),
+        "run.name",
+        "a non-empty name without '/' (and not '.' or '..')",
+    )
     _check(cfg.run.device in ("auto", "cpu", "cuda"), "run.device", "use auto, cpu or cuda")
     _check(
         cfg.task.name in TASKS, "task.name", f"unknown task '{cfg.task.name}'; choose from {sorted(TASKS)}"
@@ -405,6 +415,8 @@ def validate(cfg: Config) -> None:
         )
         _check(a.epochs >= 1, f"{where}.adapt.epochs", "must be >= 1")
         _check(a.batch_size >= 1, f"{where}.adapt.batch_size", "must be >= 1")
+        _check(a.max_length >= 2, f"{where}.adapt.max_length", "must be >= 2 tokens")
+        _check(a.max_sequences >= 1, f"{where}.adapt.max_sequences", "must be >= 1")
         _check(a.lora_r >= 1, f"{where}.adapt.lora_r", "must be >= 1")
         _check(a.loss_on in ("completion", "all"), f"{where}.adapt.loss_on", "use completion or all")
         _check(s.weight >= 0, f"{where}.weight", "must be >= 0")
