@@ -29,6 +29,7 @@ def _quiet_libraries() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars on every model load
     import datasets
 
     datasets.disable_progress_bars()
@@ -40,6 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.runner import Runner
 
     if args.resume:
+        _quiet_libraries()  # before preflight reads data files (datasets' progress bars)
         runner = Runner.resume(args.resume, args.overrides)
     else:
         if args.config is None:
@@ -48,9 +50,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        runner = Runner.new(load_config(args.config, args.overrides))
+        cfg = load_config(args.config, args.overrides)  # config errors come back fast
+        _quiet_libraries()
+        runner = Runner.new(cfg)
     _setup_logging(args.verbose, runner.rundir.path / "run.log")
-    _quiet_libraries()
     print(f"run directory: {runner.rundir.path}")
     summary = runner.run()
     print()
@@ -97,6 +100,51 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_styles(args: argparse.Namespace) -> int:
+    import json
+
+    from orchestrator.config import load_config
+    from orchestrator.diagnostics import style_values
+    from orchestrator.models import resolve_device
+    from orchestrator.runner import build_pool, seed_everything
+    from orchestrator.tasks import build_task
+
+    _setup_logging(args.verbose)
+    _quiet_libraries()
+    cfg = load_config(args.config, args.overrides)
+    seed_everything(cfg.run.seed)
+    task = build_task(cfg.task)
+    pool = build_pool(cfg, task, resolve_device(cfg.run.device))
+    values = style_values(cfg, task, pool, progress=cfg.run.progress)
+    names = pool.names
+    print(f"| edit style | pool reward ({cfg.reward.score} gain) | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for style, row in sorted(values.items(), key=lambda kv: -kv[1]["reward"][0]):
+        m, se = row["reward"]
+        print(f"| {style} | {m:+.3f} ± {se:.3f} | " + " | ".join(f"{row[n]:+.3f}" for n in names) + " |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(values, indent=2) + "\n")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from orchestrator.report import compare_table, plot_comparison
+    from orchestrator.runner import load_summary
+
+    for run in args.runs:
+        if not (Path(run) / "summary.json").is_file():
+            raise FileNotFoundError(
+                f"{run} has no summary.json: pass run directories written by `teachedit run`"
+            )
+    summaries = [load_summary(run) for run in args.runs]
+    labels = [Path(run).name for run in args.runs]
+    print(compare_table(summaries, labels))
+    if args.out:
+        plot_comparison(summaries, labels, Path(args.out))
+        print(f"plot: {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="teachedit", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -107,6 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. algorithm.rounds=3")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     run.set_defaults(fn=cmd_run)
+
+    styles = sub.add_parser("styles", help="how much each reference edit style is worth to each student")
+    styles.add_argument("config")
+    styles.add_argument("overrides", nargs="*")
+    styles.add_argument("--out", help="also write the values as JSON")
+    styles.set_defaults(fn=cmd_styles)
+
+    compare = sub.add_parser("compare", help="compare runs' held-out reward curves (e.g. ReST-EM vs GRPO)")
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="run directories (each holds summary.json)")
+    compare.add_argument("--out", metavar="FILE.png", help="write the comparison plot here")
+    compare.set_defaults(fn=cmd_compare)
+
     _add_eval_parser(sub)
     return p
 
@@ -150,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except (ConfigError, ModelLoadError, RunDirError, FileNotFoundError, ValueError) as exc:
-        print(f"teachedit: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, even for multi-line YAML parser messages
+        print(f"teachedit: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("teachedit: interrupted; completed records are saved. Continue with --resume.", file=sys.stderr)

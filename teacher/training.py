@@ -37,6 +37,7 @@ def sft_train(
     deepspeed: str | dict | None = None,
     output_dir: str | None = None,
     progress: bool = False,
+    callbacks: list[Any] | None = None,
 ) -> tuple[Any, float]:
     """Train ``model`` on ``records`` (``{"prompt", "completion"}``: loss on completions only, or ``{"text"}``:
     loss on all tokens). Returns ``(model, mean training loss)``; with ``method="lora"`` the adapter is merged
@@ -83,6 +84,7 @@ def sft_train(
         train_dataset=Dataset.from_list(records),
         processing_class=tokenizer,
         peft_config=peft_config,
+        callbacks=callbacks,
     )
     # Libraries log; HF's PrinterCallback would print every log dict to stdout.
     from transformers.trainer_callback import PrinterCallback
