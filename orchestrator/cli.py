@@ -68,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from orchestrator.config import load_config
-    from orchestrator.protocols import EvalRequest, create_eval_dir, markdown_table, run_eval
+    from orchestrator.protocols import EvalRequest, create_eval_dir, markdown_table, plan_eval, run_eval
 
     cfg = load_config(args.config, args.overrides)
     sources = [s.strip() for s in args.sources.split(",") if s.strip()]
@@ -83,12 +83,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         name=args.name,
         metric=args.metric,
     )
-    req.check()
+    _setup_logging(args.verbose)
+    plan = plan_eval(cfg, req)  # bad input fails here, before a directory is created
     rd = create_eval_dir(cfg, req)
     _setup_logging(args.verbose, rd.path / "eval.log")
     _quiet_libraries()
     print(f"eval directory: {rd.path}")
-    outcome = run_eval(cfg, req, rd)
+    outcome = run_eval(cfg, req, rd, plan)
     print()
     print(markdown_table(outcome.rows))
     print()

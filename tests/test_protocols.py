@@ -12,7 +12,7 @@ import torch
 
 from orchestrator.cli import main
 from orchestrator.config import JudgeConfig, load_config, to_yaml
-from orchestrator.protocols.common import Answer, BaseAnswers, Settings, UpdateResult
+from orchestrator.protocols.common import Answer, BaseAnswers, Settings, UpdateResult, update_items
 from orchestrator.protocols.continual import forgetting_matrix, run_continual
 from orchestrator.protocols.cpt import run_cpt
 from orchestrator.protocols.data import Source, load_eval_data
@@ -226,28 +226,36 @@ def test_continual_keeps_each_step_and_restores_the_student(squad_cfg, squad_tas
 
 
 @pytest.mark.parametrize(
-    "make, edits, needle",
+    "make, edits, overrides, needle",
     [
-        (lambda d: d / "missing.json", None, "not found"),
-        (lambda d: _dump(d / "bad.json", [{"title": "t", "context": "c"}]), None, "lack"),
-        (lambda d: PASSAGES, lambda d: PASSAGES, "completions"),
-        (
-            lambda d: PASSAGES,
-            lambda d: _dump(d / "other.json", [_rec("Some other text.")]),
-            "no record matches",
-        ),
-        (lambda d: TRAIN, None, "pretrained on"),
+        (lambda d: d / "missing.json", None, [], "not found"),
+        (lambda d: _dump(d / "bad.json", [{"title": "t", "context": "c"}]), None, [], "lack"),
+        (lambda d: PASSAGES, lambda d: PASSAGES, [], "completions"),
+        (lambda d: PASSAGES, lambda d: _dump(d / "o.json", [_rec("Other text.")]), [], "no record matches"),
+        (lambda d: TRAIN, None, [], "pretrained on"),
+        (lambda d: PASSAGES, None, ["students.0.model.path=/nonexistent/model"], "students[0].model.path"),
+        (lambda d: PASSAGES, None, ["task.name=synthetic"], "SQuAD-format"),
     ],
-    ids=["missing-data", "no-questions", "edits-without-completions", "edits-match-nothing", "leak"],
+    ids=[
+        "missing-data",
+        "no-questions",
+        "edits-no-completions",
+        "edits-match-nothing",
+        "leak",
+        "model",
+        "task",
+    ],
 )
-def test_eval_bad_input_is_a_clear_error(squad_cfg, tmp_path, capsys, make, edits, needle):
+def test_eval_bad_input_is_a_clear_error(squad_cfg, tmp_path, capsys, make, edits, overrides, needle):
     cfg_path = _write_cfg(squad_cfg, tmp_path / "c.yaml", students=1)
-    args = ["eval", str(cfg_path), f"run.output_dir={tmp_path}", "--data", str(make(tmp_path))]
+    out = tmp_path / "out"
+    args = ["eval", str(cfg_path), f"run.output_dir={out}", *overrides, "--data", str(make(tmp_path))]
     if edits is not None:
         args += ["--edits", str(edits(tmp_path))]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert err.startswith("teachedit: error:") and needle in err
+    assert "teachedit: error:" in err and needle in err
+    assert not out.exists(), "bad input fails before an eval directory is created"
 
 
 def _rec(context: str) -> dict:
@@ -271,12 +279,23 @@ def test_sources_match_passages_by_text_and_limit(tmp_path):
     assert [s.name for s in sources] == ["edits_x", "edits_x-2"]
     first = json.loads(edits.read_text())[0]["completions"]
     assert sources[0].edits["squad-00000"] == tuple(first) and len(first) == 3
-    from orchestrator.tasks.squad import SquadTask
+    assert sources[0].texts(contexts[0], k=2) == first[:2]
+    assert Source("passage", "passage").texts(contexts[0]) == [contexts[0].text]
+    assert Source("base", "base").texts(contexts[0]) == []
 
-    task = SquadTask(str(TRAIN), 1, 1)
-    assert len(sources[0].updates(contexts[0], task, False, k=2)) == 2
-    assert Source("passage", "passage").updates(contexts[0], task, False)[0][0].completion == contexts[0].text
-    assert Source("base", "base").updates(contexts[0], task, False) == []
+
+def test_update_items_skip_unusable_texts_with_a_note(make_student, task):
+    s = make_student("llama-t")
+    ctx = task.train_contexts()[0]
+    items, note, error = update_items(s, "edits", [("", ctx), ("A fact.\nAnother fact.", ctx)], False)
+    assert error is None and [it.completion for it in items] == ["A fact.", "Another fact."]
+    assert "skipped 1 of 2" in note and "no usable text" in note
+    assert update_items(s, "edits", [("  ", ctx)], False)[2] == "edit has no usable text"
+    items, _, error = update_items(s, "passage", [(ctx.text, ctx)], False)
+    assert error is None and items[0].prompt == "" and items[0].completion == ctx.text
+    s.cfg.adapt.max_sequences = 1  # bounded like Student.evaluate_edit: recorded, not silent
+    items, note, _ = update_items(s, "edits", [("a.\nb.\nc.", ctx)], False)
+    assert len(items) == 1 and "max_sequences" in note
 
 
 def _answer(cid: str, qi: int, em: float, lp: float, pred: str = "x") -> Answer:

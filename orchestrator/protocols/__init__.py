@@ -10,7 +10,15 @@ registered in :data:`PROTOCOLS`; :func:`run_eval` runs one over every student an
 
 from orchestrator.protocols.common import Answer, BaseAnswers, Settings, UpdateResult
 from orchestrator.protocols.data import Source, load_eval_data
-from orchestrator.protocols.evaluate import PROTOCOLS, EvalOutcome, EvalRequest, create_eval_dir, run_eval
+from orchestrator.protocols.evaluate import (
+    PROTOCOLS,
+    EvalOutcome,
+    EvalPlan,
+    EvalRequest,
+    create_eval_dir,
+    plan_eval,
+    run_eval,
+)
 from orchestrator.protocols.table import Row, markdown_table, summarize
 
 __all__ = [
@@ -18,6 +26,7 @@ __all__ = [
     "Answer",
     "BaseAnswers",
     "EvalOutcome",
+    "EvalPlan",
     "EvalRequest",
     "Row",
     "Settings",
@@ -26,6 +35,7 @@ __all__ = [
     "create_eval_dir",
     "load_eval_data",
     "markdown_table",
+    "plan_eval",
     "run_eval",
     "summarize",
 ]

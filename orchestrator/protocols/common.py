@@ -10,9 +10,11 @@ from typing import Any
 
 import torch
 
+from orchestrator.protocols.data import Source
 from orchestrator.records import Context, json_safe
 from orchestrator.tasks.base import TrainingItem
 from student.scoring import exact_match, gold_logprobs, greedy_answers, token_f1
+from student.sequences import clean_text, fit_items
 from student.student import EditError
 
 
@@ -49,6 +51,7 @@ class UpdateResult:
     seconds: float = 0.0
     counted: bool = True
     n_items: int = 0  # training sequences in the update
+    note: str | None = None  # what was cut or skipped to fit the inner loop (see student.sequences.fit_items)
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(asdict(self))
@@ -111,17 +114,51 @@ def usable(items: list[TrainingItem]) -> bool:
     return any(it.completion.strip() for it in items)
 
 
-def update_and_score(
-    student: Any,
-    items: list[TrainingItem],
-    eval_contexts: list[Context],
-    seed: int,
-    base: BaseAnswers,
+def edit_items(
+    student: Any, kind: str, text: str, context: Context, include_context: bool
+) -> tuple[list[TrainingItem], str | None, str | None]:
+    """One text's training sequences for ``student``, prepared as :meth:`Student.evaluate_edit` prepares an
+    edit (clean text, the task may refuse it, bounded by adapt.max_sequences / max_length). A ``passage``
+    text is one sequence of the raw passage. Returns ``(items, note, error)``; no items means unusable."""
+    text = clean_text(text)
+    if kind == "passage":
+        items = [TrainingItem(prompt="", completion=text)]
+    else:
+        try:
+            items = student.task.training_items(text, context, include_context)
+        except ValueError as exc:  # e.g. a task that parses the edit and finds it invalid
+            return [], None, f"edit rejected by the task: {exc}"
+    if not usable(items):
+        return [], None, "edit has no usable text"
+    a = student.cfg.adapt
+    items, note = fit_items(student.tok, items, a.max_length, a.max_sequences, a.loss_on)
+    return items, note, None if items else "edit has no trainable token"
+
+
+def update_items(
+    student: Any, kind: str, pairs: list[tuple[str, Context]], include_context: bool
+) -> tuple[list[TrainingItem], str | None, str | None]:
+    """The union of several texts' sequences (one update on the edits of several passages). Unusable texts
+    are skipped and noted; the update fails only when none is usable."""
+    items: list[TrainingItem] = []
+    notes, errors = [], []
+    for text, context in pairs:
+        its, note, error = edit_items(student, kind, text, context, include_context)
+        items += its
+        notes += [note] if note else []
+        errors += [error] if error else []
+    if not items:
+        return [], None, errors[0] if errors else "no training data for this update"
+    if errors:
+        notes.append(f"skipped {len(errors)} of {len(pairs)} unusable texts ({errors[0]})")
+    return items, "; ".join(notes) or None, None
+
+
+def adapt_and_score(
+    student: Any, items: list[TrainingItem], eval_contexts: list[Context], seed: int, base: BaseAnswers
 ) -> tuple[list[Answer], float | None, str | None]:
     """Adapt ``student`` to ``items`` (its adapt config: LoRA or full), answer ``eval_contexts``' questions,
     restore it. Returns ``(answers, train_loss, error)``; on failure the answers are the base student's."""
-    if not usable(items):
-        return base.get(student, eval_contexts), None, "edit has no usable text"
     try:
         with student.adapted(items, seed) as loss:
             return answer_questions(student, eval_contexts), loss, None
@@ -130,29 +167,35 @@ def update_and_score(
     except torch.OutOfMemoryError:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        error = "out of memory while adapting; lower adapt.batch_size or adapt.max_length"
+        error = "out of memory while adapting or scoring; lower adapt.batch_size or eval_batch_size"
     return base.get(student, eval_contexts), None, error
 
 
 def timed_update(
     student: Any,
-    source: str,
+    source: Source,
     step: int,
-    items: list[TrainingItem] | None,
+    pairs: list[tuple[str, Context]] | None,
     contexts: list[Context],
     settings: Settings,
     base: BaseAnswers,
 ) -> UpdateResult:
-    """One record: ``items is None`` scores the unchanged student (the ``base`` source)."""
+    """One record: one update on the texts of ``pairs`` (``None``: the unchanged student, the ``base``
+    source), scored on ``contexts``. A failed update is scored as the unchanged student, with its reason."""
     started = time.time()
     ids = [c.id for c in contexts]
-    if items is None:
-        answers, loss, error = base.get(student, contexts), None, None
+    items, note, error, loss = [], None, None, None
+    if pairs is None:
+        answers = base.get(student, contexts)
     else:
-        seed = update_seed(settings.run_seed, source, student.name, step, ids)
-        answers, loss, error = update_and_score(student, items, contexts, seed, base)
+        items, note, error = update_items(student, source.kind, pairs, settings.include_context)
+        if error is not None:
+            answers = base.get(student, contexts)
+        else:
+            seed = update_seed(settings.run_seed, source.name, student.name, step, ids)
+            answers, loss, error = adapt_and_score(student, items, contexts, seed, base)
     result = UpdateResult(
-        source=source,
+        source=source.name,
         student=student.name,
         step=step,
         context_ids=ids,
@@ -160,7 +203,8 @@ def timed_update(
         train_loss=loss,
         error=error,
         seconds=time.time() - started,
-        n_items=len(items or []),
+        n_items=len(items),
+        note=note,
     )
     settings.emit(result)
     return result

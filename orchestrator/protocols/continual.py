@@ -20,8 +20,8 @@ from orchestrator.protocols.common import (
     Settings,
     UpdateResult,
     answer_questions,
+    update_items,
     update_seed,
-    usable,
 )
 from orchestrator.protocols.data import Source
 from orchestrator.records import Context
@@ -86,8 +86,6 @@ def _finite(loss: float) -> float:
 
 
 def _step(student: Any, items: list[TrainingItem], seed: int) -> tuple[float | None, str | None]:
-    if not usable(items):
-        return None, "edit has no usable text"
     try:
         return merge_update(student, items, seed), None
     except EditError as exc:
@@ -115,10 +113,12 @@ def run_continual(
         bar = tqdm(steps, desc=f"continual {source.name} → {student.name}", disable=not settings.progress)
         for i, c in enumerate(bar):
             started = time.time()
-            items = [it for u in source.updates(c, student.task, settings.include_context, k) for it in u]
-            loss, error = _step(
-                student, items, update_seed(settings.run_seed, source.name, student.name, i, [c.id])
-            )
+            pairs = [(t, c) for t in source.texts(c, k)]
+            items, note, error = update_items(student, source.kind, pairs, settings.include_context)
+            loss = None
+            if error is None:  # a failed step leaves the student as it was
+                seed = update_seed(settings.run_seed, source.name, student.name, i, [c.id])
+                loss, error = _step(student, items, seed)
             r = UpdateResult(
                 source=source.name,
                 student=student.name,
@@ -130,6 +130,7 @@ def run_continual(
                 seconds=time.time() - started,
                 counted=i == len(steps) - 1,
                 n_items=len(items),
+                note=note,
             )
             settings.emit(r)
             results.append(r)

@@ -24,18 +24,12 @@ def groups(contexts: list[Context], n: int) -> list[list[Context]]:
 def run_cpt(
     student: Any, source: Source, contexts: list[Context], settings: Settings, base: BaseAnswers
 ) -> list[UpdateResult]:
-    results = []
     parts = groups(contexts, settings.n)
-    for g, group in enumerate(
-        tqdm(parts, desc=f"cpt {source.name} → {student.name}", disable=not settings.progress, unit="group")
-    ):
-        items = None
-        if source.kind != "base":
-            items = [
-                it
-                for c in group
-                for update in source.updates(c, student.task, settings.include_context, settings.k)
-                for it in update
-            ]
-        results.append(timed_update(student, source.name, g, items, group, settings, base))
+    bar = tqdm(parts, desc=f"cpt {source.name} → {student.name}", disable=not settings.progress, unit="group")
+    results = []
+    for g, group in enumerate(bar):
+        pairs = (
+            None if source.kind == "base" else [(t, c) for c in group for t in source.texts(c, settings.k)]
+        )
+        results.append(timed_update(student, source, g, pairs, group, settings, base))
     return results

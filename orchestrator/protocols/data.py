@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.records import Context
-from orchestrator.tasks.base import TrainingItem
 from orchestrator.tasks.squad import DataFormatError, load_seal_json, to_context
 
 log = logging.getLogger(__name__)
@@ -29,19 +28,15 @@ class Source:
     kind: str
     edits: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
-    def updates(
-        self, context: Context, task: object, include_context: bool, k: int = 0
-    ) -> list[list[TrainingItem]]:
-        """The training sets of this source for one passage, one per update; ``k`` > 0 keeps the first k.
-        ``base`` has none (the student is scored as it is)."""
+    def texts(self, context: Context, k: int = 0) -> list[str]:
+        """What this source trains on for one passage, one text per update (``k`` > 0 keeps the first k):
+        nothing for ``base`` (the student is scored as it is), the passage itself for ``passage``."""
         if self.kind == "base":
             return []
         if self.kind == "passage":
-            return [[TrainingItem(prompt="", completion=context.text)]]
-        texts = self.edits.get(context.id, ())
-        if k > 0:
-            texts = texts[:k]
-        return [task.training_items(t, context, include_context) for t in texts]  # type: ignore[attr-defined]
+            return [context.text]
+        texts = list(self.edits.get(context.id, ()))
+        return texts[:k] if k > 0 else texts
 
 
 def normalize_text(text: str) -> str:

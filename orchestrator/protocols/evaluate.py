@@ -46,7 +46,6 @@ from orchestrator.protocols.single import run_single
 from orchestrator.protocols.table import Row, markdown_table, summarize, triple
 from orchestrator.records import Context, json_safe
 from orchestrator.rundir import RunDir, RunDirError
-from orchestrator.tasks import build_task
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +110,40 @@ def create_eval_dir(cfg: Config, req: EvalRequest) -> RunDir:
     return RunDir(path)
 
 
-def check_task(cfg: Config, task: Any, contexts: list[Context]) -> None:
-    """The eval scores SQuAD-format passages, and tiny students must not have been pretrained on them."""
+@dataclass
+class EvalPlan:
+    """What an evaluation runs on, checked before any directory is created or model loaded."""
+
+    task: Any
+    contexts: list[Context]
+    file_sources: list[Source]
+
+
+def plan_eval(cfg: Config, req: EvalRequest) -> EvalPlan:
+    """Check the request, the task, the data files and every model source the request needs. Bad input
+    raises here (ConfigError, DataFormatError, FileNotFoundError) with the fix named."""
+    from orchestrator.preflight import check_model_source
+    from orchestrator.preflight import check_task as build_checked_task
+
+    req.check()
     if cfg.task.name != "squad":
         raise ConfigError(
             f"task.name={cfg.task.name}: `teachedit eval` scores SQuAD-format passages; use a squad config "
             "(the task sets the QA prompt and the corpus tiny models are built on), e.g. configs/squad_tiny.yaml"
         )
+    task = build_checked_task(cfg)
+    contexts, file_sources = load_eval_data(req.data, req.edits if "edits" in req.sources else [], req.limit)
+    check_disjoint(cfg, task, contexts)
+    models = [(s.model, f"students[{i}].model") for i, s in enumerate(cfg.students)]
+    models += [(cfg.teacher.model, "teacher.model")] if "teacher" in req.sources else []
+    models += [(cfg.judge.model, "judge.model")] if cfg.judge is not None else []
+    for mc, where in models:
+        check_model_source(mc, where)
+    return EvalPlan(task, contexts, file_sources)
+
+
+def check_disjoint(cfg: Config, task: Any, contexts: list[Context]) -> None:
+    """Tiny students must not have been pretrained on the passages they are scored on."""
     tiny = [s.name for s in cfg.students if s.model.path is None and s.model.tiny.pretrain != "none"]
     if not tiny:
         return
@@ -188,17 +214,15 @@ def grade(cfg: Config, task: Any, results: list[UpdateResult], device: torch.dev
     return {t: v.correct for t, v in zip(triples, verdicts)}
 
 
-def run_eval(cfg: Config, req: EvalRequest, rd: RunDir) -> EvalOutcome:
+def run_eval(cfg: Config, req: EvalRequest, rd: RunDir, plan: EvalPlan | None = None) -> EvalOutcome:
     """Evaluate every student on ``req.data`` for every requested source under ``req.protocol``."""
     from orchestrator.runner import seed_everything
 
     started = time.time()
-    req.check()
+    plan = plan or plan_eval(cfg, req)
+    task, contexts = plan.task, plan.contexts
     seed_everything(cfg.run.seed)
     device = resolve_device(cfg.run.device)
-    task = build_task(cfg.task)
-    contexts, file_sources = load_eval_data(req.data, req.edits if "edits" in req.sources else [], req.limit)
-    check_task(cfg, task, contexts)
     rd.write_text("config.yaml", to_yaml(cfg))
     rd.write_json("request.json", dataclasses.asdict(req))
     n_q = sum(len(c.questions) for c in contexts)
@@ -206,7 +230,7 @@ def run_eval(cfg: Config, req: EvalRequest, rd: RunDir) -> EvalOutcome:
     sources = [Source(s, s) for s in ("base", "passage") if s in req.sources]
     if "teacher" in req.sources:
         sources.append(teacher_source(cfg, task, contexts, device, rd))
-    sources += file_sources
+    sources += plan.file_sources
     results = evaluate_students(cfg, req, task, sources, contexts, device, rd)
     verdicts = grade(cfg, task, results, device, rd) if cfg.judge is not None else None
     rows = _order(summarize(results, verdicts), sources, cfg)

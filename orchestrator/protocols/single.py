@@ -17,13 +17,8 @@ def run_single(
 ) -> list[UpdateResult]:
     """Every (passage, edit) of ``source`` on ``student``: adapt, score on the passage, restore."""
     if source.kind == "base":
-        return [timed_update(student, source.name, 0, None, [c], settings, base) for c in contexts]
-    plan = [  # a passage without edits gets one empty update: a recorded failure, scored as the base
-        (c, i, items)
-        for c in contexts
-        for i, items in enumerate(
-            source.updates(c, student.task, settings.include_context, settings.k) or [[]]
-        )
-    ]
+        return [timed_update(student, source, 0, None, [c], settings, base) for c in contexts]
+    # a passage without edits gets one empty update: a recorded failure, scored as the unchanged student
+    plan = [(c, i, text) for c in contexts for i, text in enumerate(source.texts(c, settings.k) or [""])]
     bar = tqdm(plan, desc=f"single {source.name} → {student.name}", disable=not settings.progress, unit="upd")
-    return [timed_update(student, source.name, i, items, [c], settings, base) for c, i, items in bar]
+    return [timed_update(student, source, i, [(text, c)], [c], settings, base) for c, i, text in bar]
