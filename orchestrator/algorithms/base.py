@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from orchestrator.config import Config
+from orchestrator.distributed import on_rank0
 from orchestrator.records import Context, Edit, EditResult
 from orchestrator.rewards import assign_rewards
 from orchestrator.rundir import RunDir
@@ -70,13 +71,21 @@ def score_edits(
     cfg, rd = ctx.cfg, ctx.rundir
     tag = "heldout" if heldout else "train"
     proposals = f"edits/round_{round_index}.{tag}.proposed.json"
-    if (rd.path / proposals).exists():
-        edits = [Edit(**e) for e in _read_json(rd.path / proposals)]
-    else:
+
+    def load_or_propose() -> list[Edit]:
+        if (rd.path / proposals).exists():
+            return [Edit(**e) for e in _read_json(rd.path / proposals)]
         seed = cfg.run.seed * 1000 + round_index * 2 + int(heldout)
         edits = ctx.teacher.propose(contexts, round_index, seed, progress=ctx.progress)
         rd.write_json(proposals, [e.__dict__ for e in edits])
-    done = {(r.edit.key, r.heldout): r for r in rd.edits(round_index)}
+        return edits
+
+    def scored_records() -> dict[tuple[str, bool], EditResult]:
+        return {(r.edit.key, r.heldout): r for r in rd.edits(round_index)}
+
+    # Under a launcher rank 0 reads the run directory and samples the edits; every rank gets the same lists.
+    edits = on_rank0(load_or_propose)
+    done = on_rank0(scored_records)
     todo = [e for e in edits if (e.key, heldout) not in done]
     if len(todo) < len(edits):
         log.info(
@@ -103,7 +112,7 @@ def score_edits(
         progress=ctx.progress,
         desc=f"round {round_index} {tag}: adapting students",
     )
-    scored = {(r.edit.key, r.heldout): r for r in rd.edits(round_index)}
+    scored = on_rank0(scored_records)
     return [scored[(e.key, heldout)] for e in edits]
 
 
