@@ -93,6 +93,11 @@ def main(out_dir: Path, cache: str) -> None:
     sc_full.adapt.method, sc_full.adapt.epochs = "full", 2
     full = load_sharded_student(sc_full, paths["llama-t"], toks["llama-t"], task, CPU)
     facts["full"] = adapt_facts(full, qa_edit(ctxs[0]), ctxs[0], seed=1)
+    for key, sharding, offload in [("zero2", "zero2", "none"), ("offload", "zero3", "cpu")]:
+        sc_v = copy.deepcopy(sc_llama)
+        sc_v.sharding, sc_v.offload = sharding, offload
+        variant = load_sharded_student(sc_v, paths["llama-t"], toks["llama-t"], task, CPU)
+        facts[key] = adapt_facts(variant, qa_edit(ctxs[0]), ctxs[0], seed=1)
     full.cfg.adapt.learning_rate = float("inf")  # non-finite weights, then loss, on every rank alike
     facts["diverged"] = adapt_facts(full, qa_edit(ctxs[1]), ctxs[1], seed=2)
 
