@@ -8,9 +8,9 @@ Tolerance of the 2-rank vs one-process comparison (``TOL``): an unsharded studen
 rank that gets the edit, with the same seed and one thread, so its numbers must be identical. A ZeRO-3
 student splits each batch across the ranks and DeepSpeed sums the two halves' gradients: the same math in
 another floating-point order, so the weights after an edit differ in the last bits (float32 epsilon ~1.2e-7
-relative; Adam's normalised steps keep it there). Measured: log-probabilities and losses differ by <= 3e-7.
-TOL = 1e-5 is 30x that and 1000x below the smallest reward this comparison relies on (a log-prob gain of
-~1e-2); EM rewards must match exactly (a greedy answer would flip only on a near-tie of logits).
+relative; Adam's normalised steps keep it there). Measured: log-probabilities and losses differ by <= 1e-6
+(relative <= 3e-7). TOL = 1e-5 is 10x that and ~500x below the log-prob gain one edit gives these tiny
+students (>= 5e-3); EM must match exactly (a greedy answer would flip only on a near-tie of logits).
 """
 
 from __future__ import annotations
