@@ -326,3 +326,32 @@ def test_two_rank_rewards_equal_one_process(runs):
                 continue
             assert a2["adapted"]["em"] == a1["adapted"]["em"]
             assert abs(a2["adapted"]["logprob"] - a1["adapted"]["logprob"]) <= TOL
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_rank_run_resumes_where_it_was_killed(tmp_path):
+    """A 2-rank run cut in round 1 after 3 records resumes under 2 ranks: rank 0 reads what was done and
+    broadcasts it, every rank reloads the round-1 teacher, and the records equal an uninterrupted run's."""
+    import shutil
+
+    launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port"]
+    args = ["--module", "orchestrator", "run"]
+    first = [str(CONFIGS / "smoke.yaml"), f"run.output_dir={tmp_path}", "run.name=r", *RUN_OVERRIDES]
+    _run(launcher + [str(_free_port())] + args + first, tmp_path / "first.log")
+    run, whole = tmp_path / "r", tmp_path / "whole"
+    shutil.copytree(run, whole)
+    for name, keep in (("metrics.jsonl", 1), ("edits/round_1.jsonl", 3)):
+        lines = (run / name).read_text().splitlines(keepends=True)
+        (run / name).write_text("".join(lines[:keep]))
+    _run(launcher + [str(_free_port())] + args + ["--resume", str(run)], tmp_path / "resume.log")
+    assert "1 completed round(s)" in (run / "run.log").read_text()
+    assert (run / "metrics.jsonl").read_text().count("\n") == 2
+
+    def rewards(path: Path) -> dict:
+        return {
+            (r["edit"]["context_id"], r["heldout"]): r["reward"]
+            for r in _records(path / "edits/round_1.jsonl")
+        }
+
+    assert rewards(run) == rewards(whole)
