@@ -79,9 +79,11 @@ def init_from_launcher() -> DistEnv:
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(".cache/torch_extensions").resolve()))
     import deepspeed
     import torch._dynamo  # noqa: F401  (ZeRO-3's zero.Init fails with a signature mismatch without it)
+    from deepspeed.accelerator import get_accelerator
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    # DeepSpeed's accelerator (DS_ACCELERATOR, else detected) places the engines: nccl on its GPUs, else gloo.
+    backend = "nccl" if get_accelerator().device_name() == "cuda" else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local_rank)  # "cuda" then means this rank's GPU
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
