@@ -24,7 +24,7 @@ demo: venv
 	$(BIN)/teachedit run configs/default.yaml
 
 test: venv
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q
 
 test-all: venv
 	$(BIN)/python -m pytest -q -m "slow or not slow"

@@ -34,6 +34,7 @@ def _quiet_libraries() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars on every model load
     import datasets
 
     datasets.disable_progress_bars()
@@ -47,6 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     env = init_from_launcher()  # under deepspeed/torchrun: before any model or TrainingArguments
     if args.resume:
+        _quiet_libraries()  # before preflight reads data files (datasets' progress bars)
         runner = Runner.resume(args.resume, args.overrides)
     else:
         if args.config is None:
@@ -55,14 +57,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        runner = Runner.new(load_config(args.config, args.overrides))
+        cfg = load_config(args.config, args.overrides)  # config errors come back fast
+        _quiet_libraries()
+        runner = Runner.new(cfg)
     if not env.is_main:  # only rank 0 writes run files and prints
         _setup_logging(args.verbose, None, rank=env.rank)
-        _quiet_libraries()
         runner.run()
         return 0
     _setup_logging(args.verbose, runner.rundir.path / "run.log", rank=0 if launched() else None)
-    _quiet_libraries()
     print(f"run directory: {runner.rundir.path}")
     if launched():
         print(f"ranks: {env.world_size}")
@@ -93,6 +95,51 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_styles(args: argparse.Namespace) -> int:
+    import json
+
+    from orchestrator.config import load_config
+    from orchestrator.diagnostics import style_values
+    from orchestrator.models import resolve_device
+    from orchestrator.runner import build_pool, seed_everything
+    from orchestrator.tasks import build_task
+
+    _setup_logging(args.verbose)
+    _quiet_libraries()
+    cfg = load_config(args.config, args.overrides)
+    seed_everything(cfg.run.seed)
+    task = build_task(cfg.task)
+    pool = build_pool(cfg, task, resolve_device(cfg.run.device))
+    values = style_values(cfg, task, pool, progress=cfg.run.progress)
+    names = pool.names
+    print(f"| edit style | pool reward ({cfg.reward.score} gain) | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for style, row in sorted(values.items(), key=lambda kv: -kv[1]["reward"][0]):
+        m, se = row["reward"]
+        print(f"| {style} | {m:+.3f} ± {se:.3f} | " + " | ".join(f"{row[n]:+.3f}" for n in names) + " |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(values, indent=2) + "\n")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from orchestrator.report import compare_table, plot_comparison
+    from orchestrator.runner import load_summary
+
+    for run in args.runs:
+        if not (Path(run) / "summary.json").is_file():
+            raise FileNotFoundError(
+                f"{run} has no summary.json: pass run directories written by `teachedit run`"
+            )
+    summaries = [load_summary(run) for run in args.runs]
+    labels = [Path(run).name for run in args.runs]
+    print(compare_table(summaries, labels))
+    if args.out:
+        plot_comparison(summaries, labels, Path(args.out))
+        print(f"plot: {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="teachedit", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -110,6 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("config", help="YAML config, e.g. configs/ds_tiny.yaml")
     build.add_argument("overrides", nargs="*", help="key=value overrides")
     build.set_defaults(fn=cmd_build)
+
+    styles = sub.add_parser("styles", help="how much each reference edit style is worth to each student")
+    styles.add_argument("config")
+    styles.add_argument("overrides", nargs="*")
+    styles.add_argument("--out", help="also write the values as JSON")
+    styles.set_defaults(fn=cmd_styles)
+
+    compare = sub.add_parser("compare", help="compare runs' held-out reward curves (e.g. ReST-EM vs GRPO)")
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="run directories (each holds summary.json)")
+    compare.add_argument("--out", metavar="FILE.png", help="write the comparison plot here")
+    compare.set_defaults(fn=cmd_compare)
     return p
 
 
@@ -126,9 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except (ConfigError, ModelLoadError, RunDirError, FileNotFoundError, ValueError, RankError) as exc:
+        message = " ".join(str(exc).split())  # one line, even for multi-line YAML parser messages
         env = current()
         tag = f" [rank {env.rank}]" if env.world_size > 1 else ""
-        print(f"teachedit{tag}: error: {exc}", file=sys.stderr)
+        print(f"teachedit{tag}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("teachedit: interrupted; completed records are saved. Continue with --resume.", file=sys.stderr)

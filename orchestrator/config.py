@@ -74,7 +74,13 @@ class AdaptConfig:
     learning_rate: float = field(default=1e-3, metadata={"help": "Inner-loop learning rate."})
     epochs: int = field(default=10, metadata={"help": "Passes over the edit's training sequences."})
     batch_size: int = field(default=16, metadata={"help": "Sequences per inner-loop step."})
-    max_length: int = field(default=128, metadata={"help": "Longest training sequence in tokens."})
+    max_length: int = field(
+        default=128, metadata={"help": "Longest training sequence in tokens; longer ones are cut (recorded)."}
+    )
+    max_sequences: int = field(
+        default=256,
+        metadata={"help": "Most training sequences one edit gives; the rest are dropped (recorded)."},
+    )
     include_context: bool = field(
         default=False, metadata={"help": "Also train on the raw passage (SEAL's 'passage + edit' variant)."}
     )
@@ -167,17 +173,77 @@ class RewardConfig:
     aggregate: str = field(
         default="mean", metadata={"help": "mean | min | weighted (uses students[].weight)."}
     )
+    weights: dict[str, float] = field(
+        default_factory=dict,
+        metadata={
+            "help": "For name=combo: reward name -> weight, e.g. {accuracy_gain: 1.0, logprob_gain: 0.1}."
+        },
+    )
+    penalty: float = field(
+        default=0.0,
+        metadata={
+            "help": "Reward of a degenerate edit (empty, over-long, rejected by the task); not trained on."
+        },
+    )
+    max_edit_chars: int = field(
+        default=0, metadata={"help": "Edits longer than this many characters are degenerate; 0: no limit."}
+    )
+
+
+@dataclass
+class GRPOSettings:
+    """Online teacher training with TRL's GRPOTrainer (algorithm.name=grpo). Sampling temperature and top_p
+    come from teacher.generation, so training samples and held-out proposals share one distribution."""
+
+    steps_per_round: int = field(default=4, metadata={"help": "GRPO optimizer steps per round."})
+    prompts_per_step: int = field(
+        default=4,
+        metadata={"help": "Training contexts per step (per rank); each gets num_generations edits."},
+    )
+    num_generations: int = field(
+        default=4, metadata={"help": "Group size G: edits sampled per context, whose rewards are compared."}
+    )
+    learning_rate: float = field(
+        default=1e-4,
+        metadata={
+            "help": "Teacher learning rate (constant). Tiny teachers: ~3e-4; 1B+ teachers: ~1e-6 (TRL's)."
+        },
+    )
+    beta: float = field(
+        default=0.0,
+        metadata={
+            "help": "KL coefficient toward the teacher at the start of the round; 0 loads no reference."
+        },
+    )
+    method: str = field(default="full", metadata={"help": "full | lora (LoRA is merged after each round)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank when method=lora."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha when method=lora."})
+    max_edit_tokens: int = field(
+        default=0,
+        metadata={"help": "Longest sampled edit in tokens; 0 uses teacher.generation.max_new_tokens."},
+    )
+    loss_type: str = field(
+        default="dapo",
+        metadata={"help": "TRL loss: dapo | grpo | dr_grpo | bnpo | cispo | sapo (see trl.GRPOConfig)."},
+    )
+    scale_rewards: str = field(
+        default="group", metadata={"help": "Advantage scaling: group (std per group) | batch | none."}
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Trade compute for memory on large teachers."}
+    )
 
 
 @dataclass
 class AlgorithmConfig:
-    name: str = field(default="rest_em", metadata={"help": "rest_em"})
+    name: str = field(default="rest_em", metadata={"help": "rest_em | grpo"})
     rounds: int = field(default=2, metadata={"help": "Teacher updates; rounds 0..rounds are scored."})
     keep: str = field(
         default="best_of_k",
         metadata={"help": "best_of_k (best edit per context if reward > threshold) | threshold"},
     )
     threshold: float = field(default=0.0, metadata={"help": "Edits must have reward strictly above this."})
+    grpo: GRPOSettings = field(default_factory=GRPOSettings)
 
 
 @dataclass
@@ -301,10 +367,14 @@ def _check_model(m: ModelConfig, where: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Check ranges and cross-field rules. Raises :class:`ConfigError` naming the field and the fix."""
-    from orchestrator.rewards import AGGREGATES, REWARDS
+    from orchestrator.rewards import AGGREGATES, REWARDS, check_reward_config
     from orchestrator.tasks import TASKS
 
-    _check(bool(cfg.run.name) and "/" not in cfg.run.name, "run.name", "a non-empty name without '/'")
+    _check(
+        bool(cfg.run.name) and "/" not in cfg.run.name and cfg.run.name not in (".", ".."),
+        "run.name",
+        "a non-empty name without '/' (and not '.' or '..')",
+    )
     _check(cfg.run.device in ("auto", "cpu", "cuda"), "run.device", "use auto, cpu or cuda")
     _check(
         cfg.task.name in TASKS, "task.name", f"unknown task '{cfg.task.name}'; choose from {sorted(TASKS)}"
@@ -351,6 +421,8 @@ def validate(cfg: Config) -> None:
         )
         _check(a.epochs >= 1, f"{where}.adapt.epochs", "must be >= 1")
         _check(a.batch_size >= 1, f"{where}.adapt.batch_size", "must be >= 1")
+        _check(a.max_length >= 2, f"{where}.adapt.max_length", "must be >= 2 tokens")
+        _check(a.max_sequences >= 1, f"{where}.adapt.max_sequences", "must be >= 1")
         _check(a.lora_r >= 1, f"{where}.adapt.lora_r", "must be >= 1")
         _check(a.loss_on in ("completion", "all"), f"{where}.adapt.loss_on", "use completion or all")
         _check(s.weight >= 0, f"{where}.weight", "must be >= 0")
@@ -367,12 +439,37 @@ def validate(cfg: Config) -> None:
     _check(cfg.reward.aggregate in AGGREGATES, "reward.aggregate", f"choose from {sorted(AGGREGATES)}")
     if cfg.reward.aggregate == "weighted":
         _check(sum(s.weight for s in cfg.students) > 0, "students[].weight", "weights must not all be 0")
+    problem = check_reward_config(cfg.reward)
+    _check(problem is None, "reward", str(problem))
 
     from orchestrator.algorithms import ALGORITHMS
 
     _check(cfg.algorithm.name in ALGORITHMS, "algorithm.name", f"choose from {sorted(ALGORITHMS)}")
     _check(cfg.algorithm.rounds >= 0, "algorithm.rounds", "must be >= 0")
     _check(cfg.algorithm.keep in ("best_of_k", "threshold"), "algorithm.keep", "use best_of_k or threshold")
+    if cfg.algorithm.name == "grpo":
+        _check_grpo(cfg)
+
+
+def _check_grpo(cfg: Config) -> None:
+    g, w = cfg.algorithm.grpo, "algorithm.grpo"
+    _check(g.steps_per_round >= 1, f"{w}.steps_per_round", "must be >= 1")
+    _check(
+        1 <= g.prompts_per_step <= cfg.task.num_train_contexts,
+        f"{w}.prompts_per_step",
+        f"must be in 1..task.num_train_contexts ({cfg.task.num_train_contexts})",
+    )
+    _check(g.num_generations >= 2, f"{w}.num_generations", "GRPO compares >= 2 edits per context; use >= 2")
+    _check(g.learning_rate > 0 and math.isfinite(g.learning_rate), f"{w}.learning_rate", "must be > 0")
+    _check(g.beta >= 0 and math.isfinite(g.beta), f"{w}.beta", "must be >= 0 (0 disables the KL term)")
+    _check(g.method in ("full", "lora"), f"{w}.method", "use full or lora")
+    _check(g.lora_r >= 1, f"{w}.lora_r", "must be >= 1")
+    _check(
+        g.max_edit_tokens >= 0, f"{w}.max_edit_tokens", "must be >= 0 (0: teacher.generation.max_new_tokens)"
+    )
+    losses = ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo")
+    _check(g.loss_type in losses, f"{w}.loss_type", f"choose from {list(losses)}")
+    _check(g.scale_rewards in ("group", "batch", "none"), f"{w}.scale_rewards", "use group, batch or none")
 
 
 def to_yaml(cfg: Config) -> str:

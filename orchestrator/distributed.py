@@ -27,8 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch.distributed as dist
-
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -63,6 +61,13 @@ class DistEnv:
         return self.rank == 0
 
 
+def _dist() -> Any | None:
+    """``torch.distributed`` when a process group is up, else None. It never imports torch: a process that
+    has not imported it has no process group (so the CLI's config-error path stays light)."""
+    mod = sys.modules.get("torch.distributed")
+    return mod if mod is not None and mod.is_initialized() else None
+
+
 def launched() -> bool:
     """True when a launcher started this process as one of its ranks (it sets RANK and WORLD_SIZE)."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -73,11 +78,12 @@ def init_from_launcher() -> DistEnv:
     ``TrainingArguments`` or DeepSpeed engine is built. Without a launcher: nothing happens."""
     if not launched():
         return DistEnv()
-    if dist.is_initialized():
+    if _dist() is not None:
         return current()
     # DeepSpeed compiles its shm_comm op on the first start; keep the build inside the project.
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(".cache/torch_extensions").resolve()))
     import deepspeed
+    import torch
     import torch._dynamo  # noqa: F401  (ZeRO-3's zero.Init fails with a signature mismatch without it)
     from deepspeed.accelerator import get_accelerator
 
@@ -94,7 +100,8 @@ def init_from_launcher() -> DistEnv:
 
 def current() -> DistEnv:
     """This process's place among the ranks (rank 0 of 1 without a process group)."""
-    if not dist.is_initialized():
+    dist = _dist()
+    if dist is None:
         return DistEnv()
     return DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
@@ -104,7 +111,8 @@ def is_main() -> bool:
 
 
 def shutdown() -> None:
-    if dist.is_initialized():
+    dist = _dist()
+    if dist is not None:
         dist.destroy_process_group()
 
 
@@ -113,18 +121,21 @@ class RankError(RuntimeError):
 
 
 def _portable(exc: BaseException) -> BaseException:
-    """The exception itself if it pickles, else a RankError carrying its message."""
+    """An exception to send to the other ranks: the same type with the same message when that type can be
+    rebuilt from a message (ConfigError, RunDirError, FileNotFoundError, ...), else a RankError."""
+    kind = type(exc)
     try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
+        pickle.dumps(kind)  # an importable class: the other ranks can name it
+        return kind(str(exc))
     except Exception:
-        return RankError(f"{type(exc).__name__}: {exc}")
+        return RankError(f"{kind.__name__}: {exc}")
 
 
 def on_rank0(fn: Callable[[], T]) -> T:
     """Run ``fn`` on rank 0 only and return its result on every rank. An exception on rank 0 is raised on
     every rank (so a refused run directory stops all ranks, not only rank 0)."""
-    if not dist.is_initialized():
+    dist = _dist()
+    if dist is None:
         return fn()
     box: list[Any] = [None]
     if dist.get_rank() == 0:
@@ -141,7 +152,8 @@ def on_rank0(fn: Callable[[], T]) -> T:
 
 def all_gather(obj: T) -> list[T]:
     """Every rank's ``obj``, in rank order, on every rank."""
-    if not dist.is_initialized():
+    dist = _dist()
+    if dist is None:
         return [obj]
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
@@ -165,7 +177,8 @@ def all_ranks(fn: Callable[[], T], run: bool = True) -> list[T | None]:
 
 
 def barrier() -> None:
-    if dist.is_initialized():
+    dist = _dist()
+    if dist is not None:
         dist.barrier()
 
 

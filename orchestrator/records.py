@@ -80,6 +80,7 @@ class StudentOutcome:
     reward: float = 0.0
     error: str | None = None  # recorded reason for a zero reward (empty edit, NaN loss, OOM, ...)
     train_loss: float | None = None
+    note: str | None = None  # what was cut to fit the inner loop (over-long edit), if anything
 
 
 @dataclass
@@ -105,6 +106,7 @@ class EditResult:
                 reward=o["reward"],
                 error=o.get("error"),
                 train_loss=o.get("train_loss"),
+                note=o.get("note"),
             )
         return EditResult(
             edit=Edit(**d["edit"]),

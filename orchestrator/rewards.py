@@ -2,16 +2,22 @@
 
 A *reward* maps one student's scores before and after an edit to a float; an *aggregate* combines the
 students' rewards into the pool's reward for the edit. Both registries are open: decorate a function with
-:func:`register_reward` or :func:`register_aggregate` and name it in the config.
+:func:`register_reward` or :func:`register_aggregate` and name it in the config. A *degenerate* edit (empty,
+over-long, or rejected by the task's ``validate_edit``) is not trained on: :func:`edit_penalty` names the reason,
+and :func:`assign_rewards` gives it the configured penalty and records the reason. ReST-EM and GRPO both score
+through :func:`assign_rewards`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from orchestrator.records import EditResult, StudentScore
 
-RewardFn = Callable[[StudentScore, StudentScore, str], float]
+# (baseline, adapted, score, **params) -> float; ``combo`` takes ``weights``.
+RewardFn = Callable[..., float]
 AggregateFn = Callable[[Sequence[float], Sequence[float]], float]
 
 REWARDS: dict[str, RewardFn] = {}
@@ -46,6 +52,32 @@ def logprob_gain(baseline: StudentScore, adapted: StudentScore, score: str = "lo
     return adapted.logprob - baseline.logprob
 
 
+@register_reward("combo")
+def combo(
+    baseline: StudentScore,
+    adapted: StudentScore,
+    score: str = "em",
+    weights: Mapping[str, float] | None = None,
+) -> float:
+    """A weighted sum of other registered rewards, e.g. ``{accuracy_gain: 1.0, logprob_gain: 0.1}``: sparse
+    accuracy plus a dense log-probability term that separates edits of equal accuracy."""
+    problem = _combo_problem(weights)
+    if problem is not None or weights is None:
+        raise ValueError(problem)
+    return float(sum(w * REWARDS[n](baseline, adapted, score) for n, w in weights.items()))
+
+
+def _combo_problem(weights: Mapping[str, float] | None) -> str | None:
+    if not weights:
+        return "reward.name=combo needs reward.weights, e.g. {accuracy_gain: 1.0, logprob_gain: 0.1}"
+    bad = sorted(n for n in weights if n not in REWARDS or n == "combo")
+    if bad:
+        return f"reward.weights names unknown rewards {bad}; choose from {sorted(set(REWARDS) - {'combo'})}"
+    if not all(math.isfinite(float(w)) for w in weights.values()):
+        return "reward.weights must be finite numbers"
+    return None
+
+
 @register_aggregate("mean")
 def mean(values: Sequence[float], weights: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
@@ -63,17 +95,82 @@ def weighted(values: Sequence[float], weights: Sequence[float]) -> float:
     return sum(v * w for v, w in zip(values, weights)) / total if total else 0.0
 
 
+def edit_penalty(
+    text: str, max_chars: int = 0, validate: Callable[[str], str | None] | None = None
+) -> str | None:
+    """Why an edit is degenerate, or None if it is not: empty, longer than ``max_chars`` (0: no limit), or
+    rejected by ``validate`` (a task's ``validate_edit(text) -> reason | None``, for tasks that need structure).
+    A validator that raises on odd model text is reported as a rejection, not propagated."""
+    if not text.strip():
+        return "empty edit"
+    if max_chars > 0 and len(text) > max_chars:
+        return f"over-long edit: {len(text)} characters > reward.max_edit_chars={max_chars}"
+    if validate is not None:
+        try:
+            reason = validate(text)
+        except Exception as exc:  # the text is model output; a validator's crash is a verdict on it
+            reason = f"validate_edit raised {type(exc).__name__}: {exc}"
+        if reason:
+            return f"unparsable edit: {reason}"
+    return None
+
+
 def assign_rewards(
-    result: EditResult, reward: str, score: str, aggregate: str, weights: dict[str, float]
+    result: EditResult,
+    reward: str,
+    score: str,
+    aggregate: str,
+    weights: dict[str, float],
+    reward_weights: Mapping[str, float] | None = None,
+    penalty: float = 0.0,
 ) -> None:
     """Fill ``result``'s per-student rewards and the pool reward. A student the edit could not be applied to
-    (``adapted is None``, reason in ``error``) gets reward 0."""
+    (``adapted is None``, reason in ``error``) gets reward 0. A degenerate edit (``result.penalty`` holds the
+    reason) gets ``penalty`` for every student and the pool, and the reason in each student's ``error``.
+    ``reward_weights`` are the weights of ``combo``."""
+    if result.penalty is not None:
+        for outcome in result.per_student.values():
+            outcome.reward = float(penalty)
+            outcome.error = outcome.error or result.penalty
+        result.reward = float(penalty)
+        return
     fn, agg = REWARDS[reward], AGGREGATES[aggregate]
+    params = {"weights": reward_weights} if reward_weights else {}
     values, ws = [], []
     for name, outcome in result.per_student.items():
         outcome.reward = (
-            0.0 if outcome.adapted is None else float(fn(outcome.baseline, outcome.adapted, score))
+            0.0 if outcome.adapted is None else float(fn(outcome.baseline, outcome.adapted, score, **params))
         )
         values.append(outcome.reward)
         ws.append(weights.get(name, 1.0))
     result.reward = float(agg(values, ws))
+
+
+def assign_configured_rewards(result: EditResult, cfg: Any, student_weights: dict[str, float]) -> None:
+    """:func:`assign_rewards` with the run's ``reward`` section (an :class:`orchestrator.config.RewardConfig`)."""
+    assign_rewards(
+        result,
+        cfg.name,
+        cfg.score,
+        cfg.aggregate,
+        student_weights,
+        reward_weights=dict(cfg.weights) if cfg.weights else None,
+        penalty=cfg.penalty,
+    )
+
+
+def check_reward_config(cfg: Any) -> str | None:
+    """What is wrong with a ``reward`` section's combo weights and penalty, or None (used by config validation)."""
+    if cfg.name == "combo":
+        problem = _combo_problem(cfg.weights)
+        if problem:
+            return problem
+    elif cfg.weights:
+        return (
+            "reward.weights is read only by reward.name=combo; set reward.name=combo or remove reward.weights"
+        )
+    if not math.isfinite(cfg.penalty):
+        return "reward.penalty must be a finite number (e.g. 0.0 or -0.5)"
+    if cfg.max_edit_chars < 0:
+        return "reward.max_edit_chars must be >= 0 (0: no limit)"
+    return None

@@ -12,12 +12,20 @@ Layout under ``runs/<name>/``::
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from orchestrator import faults
 from orchestrator.records import EditResult
+
+log = logging.getLogger(__name__)
 
 
 class RunDirError(RuntimeError):
@@ -39,8 +47,12 @@ class RunDir:
                     f"run directory {path} already exists. Resume it with `teachedit run --resume {path}`, "
                     f"choose another run.name, or set run.overwrite=true to replace it."
                 )
-            import shutil
-
+            if not _is_run_dir(path):
+                # overwrite deletes a folder: only ever one that a run wrote, never a user's own folder.
+                raise RunDirError(
+                    f"run.overwrite=true would delete {path}, which is not a teachedit run directory "
+                    f"(no config.yaml). Choose another run.name or run.output_dir."
+                )
             shutil.rmtree(path)
         try:
             (path / "edits").mkdir(parents=True, exist_ok=True)
@@ -49,7 +61,10 @@ class RunDir:
             probe.write_text("ok")
             probe.unlink()
         except OSError as exc:
-            raise RunDirError(f"cannot write to run directory {path}: {exc.strerror or exc}") from None
+            raise RunDirError(
+                f"cannot write to run directory {path}: {exc.strerror or exc}. "
+                f"Choose a writable run.output_dir (and check free space)."
+            ) from None
         return cls(path)
 
     # -- writing ---------------------------------------------------------------------------------------------
@@ -59,11 +74,12 @@ class RunDir:
             return
         target = self.path / name
         tmp = target.with_name(target.name + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        with _disk_errors(self.path, target):
+            with open(tmp, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
 
     def write_json(self, name: str, obj: Any) -> None:
         self.write_text(name, json.dumps(obj, indent=2) + "\n")
@@ -72,11 +88,12 @@ class RunDir:
         """Append one complete line and fsync, so a killed run leaves every record complete or absent."""
         if not self.writer:
             return
-        line = json.dumps(obj) + "\n"
-        with open(self.path / name, "a") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        line = (json.dumps(obj) + "\n").encode()
+        path = self.path / name
+        with _disk_errors(self.path, path), open(path, "ab+") as f:
+            _drop_torn_tail(f)
+            faults.point("write", before_kill=lambda: _write_synced(f, line[: len(line) // 2]))
+            _write_synced(f, line)
 
     def append_edit(self, round_index: int, result: EditResult) -> None:
         self.append_jsonl(f"edits/round_{round_index}.jsonl", result.to_dict())
@@ -100,3 +117,79 @@ class RunDir:
 
     def teacher_dir(self, round_index: int) -> Path:
         return self.path / "teacher" / f"round_{round_index}"
+
+    # -- after a crash ---------------------------------------------------------------------------------------
+    def remove_partial_writes(self) -> list[Path]:
+        """Delete what a killed run left half-written: ``*.tmp`` files of atomic writes and ``*.tmp`` teacher
+        checkpoint folders (the complete ones were renamed into place). Returns what was removed."""
+        removed = []
+        for p in sorted(self.path.rglob("*.tmp")):
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+            else:
+                continue  # inside a folder removed just before
+            removed.append(p)
+            log.info("removed a partial write left by an interrupted run: %s", p)
+        return removed
+
+
+def _is_run_dir(path: Path) -> bool:
+    """A folder a run wrote: it has config.yaml, or only the empty skeleton of a run killed at its start."""
+    if (path / "config.yaml").is_file():
+        return True
+    entries = list(path.iterdir())
+    skeleton = {"edits", "teacher", ".write_test", "config.yaml.tmp"}
+    return all(p.name in skeleton and not (p.is_dir() and any(p.iterdir())) for p in entries)
+
+
+def _write_synced(f: Any, data: bytes) -> None:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _drop_torn_tail(f: Any) -> None:
+    """A run killed mid-append leaves a last line without its newline. Cut it off before appending, or the
+    next record would be glued to it and both lost. ``f`` is open in ``ab+`` mode (writes go to the end)."""
+    size = f.seek(0, os.SEEK_END)
+    if size == 0:
+        return
+    f.seek(size - 1)
+    if f.read(1) == b"\n":
+        return
+    block = 1 << 16
+    pos = size
+    while pos > 0:  # find the last newline, reading backwards
+        start = max(0, pos - block)
+        f.seek(start)
+        i = f.read(pos - start).rfind(b"\n")
+        if i >= 0:
+            keep = start + i + 1
+            break
+        pos = start
+    else:
+        keep = 0
+    log.warning("dropping a torn last line (%d bytes) of %s left by an interrupted run", size - keep, f.name)
+    f.truncate(keep)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+@contextmanager
+def _disk_errors(rundir: Path, path: Path) -> Iterator[None]:
+    """OS errors while writing the run directory become one actionable :class:`RunDirError`."""
+    try:
+        yield
+    except OSError as exc:
+        hint = {
+            errno.ENOSPC: "the disk is full: free space",
+            errno.EDQUOT: "the disk quota is exceeded: free space",
+            errno.EROFS: "the file system is read-only: use a writable run.output_dir",
+            errno.EACCES: "permission denied: make the run directory writable",
+        }.get(exc.errno or 0, "fix the cause")
+        raise RunDirError(
+            f"cannot write {path}: {exc.strerror or exc}. Records written so far are kept; {hint}, then "
+            f"continue with `teachedit run --resume {rundir}`."
+        ) from None

@@ -17,8 +17,9 @@ from orchestrator.algorithms import ALGORITHMS, RoundReport, RunContext
 from orchestrator.config import Config, load_config, to_yaml
 from orchestrator.distributed import is_main, launched, on_rank0, prebuild_tiny_models
 from orchestrator.models import load_causal_lm, load_tokenizer, resolve_device, resolve_model_path
+from orchestrator.preflight import preflight
 from orchestrator.records import json_safe
-from orchestrator.rundir import RunDir
+from orchestrator.rundir import RunDir, RunDirError
 from orchestrator.tasks import build_task
 
 log = logging.getLogger(__name__)
@@ -64,20 +65,23 @@ def build_pool(cfg: Config, task: Any, device: torch.device) -> Any:
 class Runner:
     """Owns one run directory. ``run()`` executes the remaining rounds and returns the summary."""
 
-    def __init__(self, cfg: Config, rundir: RunDir, progress: bool | None = None):
+    def __init__(self, cfg: Config, rundir: RunDir, progress: bool | None = None, task: Any = None):
         self.cfg = cfg
         self.rundir = rundir
         self.progress = cfg.run.progress if progress is None else progress
+        self.task = task  # built by preflight, or at the start of run()
 
     @classmethod
     def new(cls, cfg: Config) -> Runner:
+        task = preflight(cfg)  # bad data or model paths fail here, before a run directory exists
+
         def create() -> Path:
             rundir = RunDir.create(Path(cfg.run.output_dir) / cfg.run.name, overwrite=cfg.run.overwrite)
             rundir.write_text("config.yaml", to_yaml(cfg))
             return rundir.path
 
         # Under a launcher rank 0 creates the directory (its error, if any, stops every rank); only it writes.
-        return cls(cfg, RunDir(on_rank0(create), writer=is_main()))
+        return cls(cfg, RunDir(on_rank0(create), writer=is_main()), task=task)
 
     @classmethod
     def resume(cls, path: str | Path, overrides: list[str] | None = None) -> Runner:
@@ -89,7 +93,10 @@ class Runner:
             return load_config(path / "config.yaml", overrides)
 
         cfg = on_rank0(read)
-        return cls(cfg, RunDir(path, writer=is_main()))
+        task = preflight(cfg)
+        rundir = RunDir(path, writer=is_main())
+        on_rank0(rundir.remove_partial_writes)  # *.tmp files and checkpoint folders of the killed run
+        return cls(cfg, rundir, task=task)
 
     def completed_rounds(self) -> list[dict[str, Any]]:
         return self.rundir.read_jsonl("metrics.jsonl")
@@ -99,7 +106,7 @@ class Runner:
         started = time.time()
         seed_everything(cfg.run.seed)
         device = resolve_device(cfg.run.device)
-        task = build_task(cfg.task)
+        task = self.task if self.task is not None else build_task(cfg.task)
         if launched():
             prebuild_tiny_models(cfg, task)
         teacher, teacher_path = build_teacher(cfg, task, device)
@@ -118,8 +125,7 @@ class Runner:
         done = on_rank0(self.completed_rounds)
         if done:
             log.info("resuming %s after %d completed round(s)", self.rundir.path, len(done))
-            if on_rank0(self.rundir.teacher_dir(len(done)).is_dir):
-                algorithm.load_checkpoint(len(done))
+            self._load_teacher(algorithm, len(done))
         prior = float(sum(r.get("seconds", 0.0) for r in done))
         try:
             for r in range(len(done), cfg.algorithm.rounds + 1):
@@ -130,6 +136,19 @@ class Runner:
         finally:
             algorithm.cleanup()
         return self.write_summary(pool, prior + time.time() - started)
+
+    def _load_teacher(self, algorithm: Any, updates: int) -> None:
+        """Continue from the teacher after ``updates`` updates. Its checkpoint is written (atomically) before
+        the round's metrics line, so a missing one means the run directory was damaged: never silently go
+        on with the initial teacher."""
+        if updates > self.cfg.algorithm.rounds:
+            return  # every round is done; the last one trains no teacher
+        if not on_rank0(self.rundir.teacher_dir(updates).is_dir):  # rank 0's view, so all ranks agree
+            raise RunDirError(
+                f"{self.rundir.path}: metrics.jsonl lists {updates} completed round(s) but the teacher "
+                f"checkpoint {self.rundir.teacher_dir(updates)} is missing; restore it, or start a new run."
+            )
+        algorithm.load_checkpoint(updates)
 
     def write_summary(self, pool: Any, wall: float) -> dict[str, Any]:
         rounds = self.completed_rounds()

@@ -119,33 +119,30 @@ def _local_tensor(p: torch.Tensor) -> torch.Tensor:
     return part if part is not None else p.data
 
 
-class ShardedStudent:
+class ShardedStudent(Student):
     """A student whose inner loop (and, under ZeRO-3, whose parameters) DeepSpeed shards across the ranks.
 
-    Wraps a :class:`Student` (its config, tokenizer, task and :meth:`Student.score`). Every method is
-    collective: all ranks call it with the same arguments in the same order."""
+    A :class:`Student` whose :meth:`baseline` and :meth:`adapted` go through DeepSpeed engines; everything
+    else, :meth:`Student.evaluate_edit` included (edit cleaning, cutting, recorded failures), is inherited, so
+    a sharded and an unsharded student treat an edit alike. Every method is collective: all ranks call it with
+    the same arguments in the same order."""
 
-    def __init__(self, student: Student, ds_config: dict[str, Any]):
-        self.student = student
+    edit_batch_size = 1  # one edit at a time through the engine (no multi-adapter batching here)
+
+    def __init__(self, cfg: StudentConfig, model: Any, tokenizer: Any, task: Any, ds_config: dict[str, Any]):
+        super().__init__(cfg, model, tokenizer, task)
         self.ds_config = ds_config
-        self.name = student.name
-        self.cfg = student.cfg
         self.stage = int(ds_config["zero_optimization"]["stage"])
-        self._baselines: dict[str, StudentScore] = {}
-
-    @property
-    def model_type(self) -> str:
-        return self.student.model_type
 
     @property
     def num_parameters(self) -> int:
         """Elements of the whole model (a ZeRO-3 parameter's ``ds_numel``, not its local partition)."""
-        return sum(int(getattr(p, "ds_numel", p.numel())) for p in self.student.model.parameters())
+        return sum(int(getattr(p, "ds_numel", p.numel())) for p in self.model.parameters())
 
     def resident_parameter_bytes(self) -> int:
         """Bytes of parameter storage on this rank: its ZeRO-3 partitions plus any whole (gathered) tensor."""
         total = 0
-        for p in self.student.model.parameters():
+        for p in self.model.parameters():
             part = getattr(p, "ds_tensor", None)
             if part is not None:
                 total += part.numel() * part.element_size()
@@ -157,7 +154,7 @@ class ShardedStudent:
         import deepspeed
 
         out = {}
-        for name, p in self.student.model.named_parameters():
+        for name, p in self.model.named_parameters():
             with deepspeed.zero.GatheredParameters([p]):
                 out[name] = p.detach().clone()
         return out
@@ -210,55 +207,41 @@ class ShardedStudent:
         missing = [c for c in contexts if c.id not in self._baselines]
         if not missing:
             return
-        hooks = self._engine(self.student.model, None) if self.stage == 3 else nullcontext()
+        hooks = self._engine(self.model, None) if self.stage == 3 else nullcontext()
         with self._zero3(), hooks:
             for c in missing:
-                self._baselines[c.id] = self.student.score(c)
+                self._baselines[c.id] = self.score(c)
 
     def baseline(self, context: Context) -> StudentScore:
         self.baselines([context])
         return self._baselines[context.id]
 
     # -- one edit ------------------------------------------------------------------------------------------
-    def evaluate_edit(self, edit_text: str, context: Context, seed: int) -> StudentOutcome:
-        """Adapt to the edit through an engine, score without the context, restore. As
-        :meth:`Student.evaluate_edit`: failures give a recorded zero reward (decided alike on every rank)."""
-        base = self.baseline(context)
-        items = self.student.task.training_items(edit_text, context, self.cfg.adapt.include_context)
-        if not items or all(not it.completion.strip() for it in items):
-            return StudentOutcome(base, None, 0.0, error="edit has no usable text")
-        try:
-            with self._zero3(), self.adapted(items, seed) as loss:
-                adapted = self.student.score(context)
-        except EditError as exc:
-            return StudentOutcome(base, None, 0.0, error=str(exc))
-        return StudentOutcome(base, adapted, 0.0, train_loss=loss)
-
     @contextmanager
-    def adapted(self, items: list[TrainingItem], seed: int) -> Iterator[float]:
-        """Inside: the student is adapted to ``items`` (``student.model`` is the adapted model); on exit the
-        engine is destroyed and the base restored bit-exactly (the adapter unloaded, or the rank's saved
-        partitions copied back after full fine-tuning)."""
-        s, a = self.student, self.cfg.adapt
-        base = s.model
-        torch.manual_seed(seed)
-        snapshot: list[torch.Tensor] | None = None
-        if a.method == "lora":
-            from peft import get_peft_model
+    def adapted(self, items: list[TrainingItem], seed: int) -> Iterator[float]:  # type: ignore[override]
+        """Inside: the student is adapted to ``items`` (``self.model`` is the adapted model, its engine alive
+        for scoring); on exit the engine is destroyed and the base restored bit-exactly (the adapter unloaded,
+        or the rank's saved partitions copied back after full fine-tuning)."""
+        a, base = self.cfg.adapt, self.model
+        with self._zero3():
+            torch.manual_seed(seed)
+            snapshot: list[torch.Tensor] | None = None
+            if a.method == "lora":
+                from peft import get_peft_model
 
-            model = get_peft_model(base, _lora_config(a, s.model_type))
-        else:
-            snapshot = [_local_tensor(p).detach().clone() for p in base.parameters()]
-            for p in base.parameters():
-                p.requires_grad_(True)
-            model = base
-        try:
-            with self._engine(model, [p for p in model.parameters() if p.requires_grad]) as engine:
-                loss = self._train(engine, model, items, seed)
-                s.model = model
-                yield loss
-        finally:
-            s.model = self._restore(model, base, snapshot)
+                model = get_peft_model(base, _lora_config(a, self.model_type))
+            else:
+                snapshot = [_local_tensor(p).detach().clone() for p in base.parameters()]
+                for p in base.parameters():
+                    p.requires_grad_(True)
+                model = base
+            try:
+                with self._engine(model, [p for p in model.parameters() if p.requires_grad]) as engine:
+                    loss = self._train(engine, model, items, seed)
+                    self.model = model
+                    yield loss
+            finally:
+                self.model = self._restore(model, base, snapshot)
 
     def _restore(self, model: Any, base: Any, snapshot: list[torch.Tensor] | None) -> Any:
         if snapshot is None:
@@ -298,7 +281,7 @@ class ShardedStudent:
         import torch.distributed as dist
 
         a, env = self.cfg.adapt, current()
-        whole = collate(self.student.tok, rows, a.max_length, a.loss_on)
+        whole = collate(self.tok, rows, a.max_length, a.loss_on)
         n_targets = (whole.labels[:, 1:] != IGNORE).sum()
         mine = rank_rows(whole, env.rank, env.world_size).to(engine.device)
         out = engine(
@@ -310,7 +293,7 @@ class ShardedStudent:
         mean_loss = out.loss.detach().clone()
         dist.all_reduce(mean_loss)  # every rank sees the batch's loss, so all decide alike below
         if not torch.isfinite(mean_loss):
-            raise EditError(f"non-finite inner-loop loss ({float(mean_loss)}); lower adapt.learning_rate")
+            raise EditError(f"non-finite inner-loop loss ({mean_loss.item()}); lower adapt.learning_rate")
         engine.backward(out.loss * env.world_size)
         engine.step()
         return float(mean_loss)
@@ -332,9 +315,9 @@ class DistributedPool:
         if not students:
             raise ValueError("the student pool is empty: configure at least one student")
         self.students = students
-        local = [s for s in students if isinstance(s, Student)]
-        self.local = StudentPool(local) if local else None
         self.sharded = [s for s in students if isinstance(s, ShardedStudent)]
+        local = [s for s in students if not isinstance(s, ShardedStudent)]
+        self.local = StudentPool(local) if local else None
         self.edits_per_rank = max(1, edits_per_rank)
 
     @property
@@ -345,7 +328,7 @@ class DistributedPool:
         local = {d["name"]: d | {"sharding": "none"} for d in self.local.describe()} if self.local else {}
         world = current().world_size
         return [
-            {**(local[s.name] if isinstance(s, Student) else s.describe()), "world_size": world}
+            {**(s.describe() if isinstance(s, ShardedStudent) else local[s.name]), "world_size": world}
             for s in self.students
         ]
 
@@ -357,6 +340,11 @@ class DistributedPool:
             self.local.baselines(contexts, progress=progress and current().is_main)
         for s in self.sharded:
             s.baselines(contexts)
+
+    def unadapted(self, edit: Edit, context: Context, reason: str) -> EditResult:
+        """As :meth:`StudentPool.unadapted`: cached baselines, no student pass (the same on every rank)."""
+        per = {s.name: StudentOutcome(s.baseline(context), None, 0.0, error=reason) for s in self.students}
+        return EditResult(edit=edit, per_student=per, penalty=reason)
 
     def evaluate(
         self,
@@ -414,7 +402,7 @@ def load_sharded_student(
     ctx = hf_zero3(config) if STAGES[sc.sharding] == 3 else nullcontext()
     with ctx:
         model = load_causal_lm(path, sc.model, device)
-    return ShardedStudent(Student(sc, model, tokenizer, task), config)
+    return ShardedStudent(sc, model, tokenizer, task, config)
 
 
 def build_distributed_pool(cfg: Any, task: Any, device: torch.device) -> DistributedPool:

@@ -13,7 +13,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from orchestrator.records import Context, Edit, EditResult
+from orchestrator.records import Context, Edit, EditResult, StudentOutcome
 from student.student import Student
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,12 @@ class StudentPool:
         for s in self.students:
             for c in tqdm(contexts, desc=f"baseline {s.name}", disable=not progress, unit="ctx"):
                 s.baseline(c)
+
+    def unadapted(self, edit: Edit, context: Context, reason: str) -> EditResult:
+        """The record of an edit no student is trained on (a degenerate edit): every student's cached baseline,
+        no adapted score, ``reason`` as the error. Costs no student pass once baselines are cached."""
+        per = {s.name: StudentOutcome(s.baseline(context), None, 0.0, error=reason) for s in self.students}
+        return EditResult(edit=edit, per_student=per, penalty=reason)
 
     def evaluate(
         self,

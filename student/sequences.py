@@ -55,3 +55,36 @@ def collate(tok: Any, items: list[TrainingItem], max_length: int, loss_on: str =
         attention[i, : len(ids)] = 1
         labels[i, : len(lab)] = torch.tensor(lab)
     return Batch(input_ids, attention, labels)
+
+
+def clean_text(text: str) -> str:
+    """Make any string tokenizable: lone surrogates (binary junk decoded with ``surrogateescape``, or a bad
+    ``\\ud800`` escape in a JSON file) are replaced, since tokenizers reject them with a cryptic TypeError."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def fit_items(
+    tok: Any, items: list[TrainingItem], max_length: int, max_sequences: int, loss_on: str = "completion"
+) -> tuple[list[TrainingItem], str | None]:
+    """Bound an edit's inner-loop work: keep the first ``max_sequences`` items; count the items that
+    :func:`encode_item` will cut at ``max_length`` tokens, and drop those left without a trained token
+    (prompt as long as the limit, ``loss_on=completion``), whose loss would be NaN. Returns the items
+    and a note of what was cut (``None`` when nothing was)."""
+    notes = []
+    if len(items) > max_sequences:
+        notes.append(f"kept the first {max_sequences} of {len(items)} sequences (adapt.max_sequences)")
+        items = items[:max_sequences]
+    kept, cut, empty = [], 0, 0
+    for it in items:
+        ids, labels = encode_item(tok, it, max_length + 1, loss_on)  # one more token tells if it is cut
+        if len(ids) > max_length:
+            cut += 1
+        if all(label == IGNORE for label in labels[:max_length]):
+            empty += 1
+            continue
+        kept.append(it)
+    if cut:
+        notes.append(f"cut {cut} sequence(s) to {max_length} tokens (adapt.max_length)")
+    if empty:
+        notes.append(f"dropped {empty} sequence(s) with no trained token within adapt.max_length")
+    return kept, "; ".join(notes) or None

@@ -15,11 +15,12 @@ from typing import Any
 
 import torch
 
+from orchestrator import faults
 from orchestrator.config import StudentConfig
 from orchestrator.records import Context, StudentOutcome, StudentScore
 from orchestrator.tasks.base import TrainingItem
 from student.scoring import score_context
-from student.sequences import collate
+from student.sequences import clean_text, collate, fit_items
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,11 @@ class Student:
 
     # -- scoring -------------------------------------------------------------------------------------------
     def score(self, context: Context) -> StudentScore:
-        return score_context(
+        score = score_context(
             self.model, self.tok, self.task, context, self.cfg.max_new_tokens, self.cfg.eval_batch_size
         )
+        faults.point("score")
+        return score
 
     def baseline(self, context: Context) -> StudentScore:
         """The unadapted student's score on a context, computed once and cached."""
@@ -63,21 +66,26 @@ class Student:
     # -- one edit ------------------------------------------------------------------------------------------
     def evaluate_edit(self, edit_text: str, context: Context, seed: int) -> StudentOutcome:
         """Adapt to the edit, score without the context, restore. Failures give a recorded zero reward."""
-        base = self.baseline(context)
-        items = self.task.training_items(edit_text, context, self.cfg.adapt.include_context)
+        base, a = self.baseline(context), self.cfg.adapt
+        try:
+            items = self.task.training_items(clean_text(edit_text), context, a.include_context)
+        except ValueError as exc:  # the task refuses the edit, e.g. an ARC directive that is not valid JSON
+            return StudentOutcome(base, None, 0.0, error=f"edit rejected by the task: {exc}")
         if not items or all(not (it.completion.strip()) for it in items):
             return StudentOutcome(base, None, 0.0, error="edit has no usable text")
+        items, note = fit_items(self.tok, items, a.max_length, a.max_sequences, a.loss_on)
+        if not items:
+            return StudentOutcome(base, None, 0.0, error="edit has no trainable token", note=note)
         try:
             with self.adapted(items, seed) as loss:
                 adapted = self.score(context)
         except EditError as exc:
-            return StudentOutcome(base, None, 0.0, error=str(exc))
+            return StudentOutcome(base, None, 0.0, error=str(exc), note=note)
         except torch.OutOfMemoryError:
             _free_memory()
-            return StudentOutcome(
-                base, None, 0.0, error="out of memory while adapting; lower adapt.batch_size"
-            )
-        return StudentOutcome(base, adapted, 0.0, train_loss=loss)
+            error = "out of memory while adapting or scoring; lower adapt.batch_size or eval_batch_size"
+            return StudentOutcome(base, None, 0.0, error=error, note=note)
+        return StudentOutcome(base, adapted, 0.0, train_loss=loss, note=note)
 
     def adapted(self, items: list[TrainingItem], seed: int) -> _Adapted:
         """Context manager: inside, the student is adapted to ``items``; on exit it is the base again."""
@@ -105,13 +113,14 @@ class Student:
                 )
                 if not torch.isfinite(out.loss):
                     raise EditError(
-                        f"non-finite inner-loop loss ({float(out.loss)}); lower adapt.learning_rate"
+                        f"non-finite inner-loop loss ({out.loss.item()}); lower adapt.learning_rate"
                     )
                 opt.zero_grad(set_to_none=True)
                 out.loss.backward()
                 if a.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm)
                 opt.step()
+                faults.point("adapt")
                 losses.append(out.loss.item())
             last = sum(losses) / len(losses)
         model.eval()

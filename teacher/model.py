@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from orchestrator import faults
 from orchestrator.config import TeacherConfig
 from orchestrator.records import Context, Edit
 from teacher.prompts import render_prompt
@@ -76,6 +77,7 @@ class Teacher:
                 pad_token_id=self.tok.pad_token_id,
                 eos_token_id=self.tok.eos_token_id,
             )
+            faults.point("generate")
             texts = self.tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             for j, text in enumerate(texts):
                 c, k = chunk[j // g.num_edits], j % g.num_edits
@@ -113,20 +115,23 @@ class Teacher:
             gradient_accumulation_steps=t.gradient_accumulation_steps,
             deepspeed=t.deepspeed,
             progress=progress,
+            callbacks=faults.trainer_callbacks(),
         )
         return loss
 
     def save(self, directory: Path) -> None:
         """Save weights (safetensors) and tokenizer atomically: written to a temp folder, then renamed.
         Under a launcher only rank 0 writes (every rank holds the same weights)."""
+        import shutil
+
         if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
             return
         directory = Path(directory)
         tmp = directory.with_name(directory.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written folder of a killed run: never reuse its files
         self.model.save_pretrained(tmp, safe_serialization=True)
+        faults.point("checkpoint")
         self.tok.save_pretrained(tmp)
         if directory.exists():
-            import shutil
-
             shutil.rmtree(directory)
         tmp.rename(directory)

@@ -37,6 +37,7 @@ def sft_train(
     deepspeed: str | dict | None = None,
     output_dir: str | None = None,
     progress: bool = False,
+    callbacks: list[Any] | None = None,
 ) -> tuple[Any, float]:
     """Train ``model`` on ``records`` (``{"prompt", "completion"}``: loss on completions only, or ``{"text"}``:
     loss on all tokens). Returns ``(model, mean training loss)``; with ``method="lora"`` the adapter is merged
@@ -90,6 +91,7 @@ def sft_train(
         train_dataset=Dataset.from_list(records),
         processing_class=tokenizer,
         peft_config=peft_config,
+        callbacks=callbacks,
     )
     # Libraries log; HF's PrinterCallback would print every log dict to stdout.
     from transformers.trainer_callback import PrinterCallback
@@ -101,7 +103,7 @@ def sft_train(
         raise TrainingError(f"teacher training loss is {loss}; lower teacher.train.learning_rate")
     trained = trainer.model
     if deepspeed is not None:
-        trained = _release_deepspeed(trainer, method, device)
+        trained = release_deepspeed(trainer, method, device)
     elif method == "lora":
         trained = trained.merge_and_unload()
     trained.eval()
@@ -111,7 +113,7 @@ def sft_train(
     return trained, loss
 
 
-def _release_deepspeed(trainer: Any, method: str, device: torch.device) -> Any:
+def release_deepspeed(trainer: Any, method: str, device: torch.device) -> Any:
     """The trained weights as a plain model, free of DeepSpeed: ZeRO-3 partitions gathered on every rank
     (the teacher samples edits whole), a LoRA adapter merged, the engine destroyed, and transformers' global
     DeepSpeed config unset (else a later ``from_pretrained`` would start a collective ``zero.Init`` on one

@@ -48,7 +48,7 @@ def sharding_facts(student, plain) -> dict:
     """Each parameter's whole and local sizes; whether gathering gives back the plainly loaded tensors."""
     params = [
         {"name": n, "numel": int(p.ds_numel), "local": int(p.ds_tensor.numel()), "data": int(p.data.numel())}
-        for n, p in student.student.model.named_parameters()
+        for n, p in student.model.named_parameters()
     ]
     full = student.full_state()
     ref = dict(plain.named_parameters())
@@ -61,13 +61,13 @@ def sharding_facts(student, plain) -> dict:
 
 def adapt_facts(student, text, ctx, seed) -> dict:
     """One edit through the engine: what it did, and whether the base came back bit-exact and hook-free."""
-    before, hooks = student.full_state(), hook_count(student.student.model)
+    before, hooks = student.full_state(), hook_count(student.model)
     out = student.evaluate_edit(text, ctx, seed)
     after = student.full_state()
     return {
         **outcome_facts(out),
         "restored": set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before),
-        "hooks_unchanged": hook_count(student.student.model) == hooks,
+        "hooks_unchanged": hook_count(student.model) == hooks,
     }
 
 

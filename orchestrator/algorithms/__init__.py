@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from orchestrator.algorithms.base import Algorithm, RoundReport, RunContext
+from orchestrator.algorithms.grpo import GRPO
 from orchestrator.algorithms.rest_em import RestEM
 
-ALGORITHMS: dict[str, Callable[[], Algorithm]] = {"rest_em": RestEM}
+ALGORITHMS: dict[str, Callable[[], Algorithm]] = {"rest_em": RestEM, "grpo": GRPO}
 
 __all__ = ["ALGORITHMS", "Algorithm", "RoundReport", "RunContext"]

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from orchestrator.config import Config
-from orchestrator.distributed import on_rank0
+from orchestrator.distributed import all_gather, on_rank0
 from orchestrator.records import Context, Edit, EditResult
-from orchestrator.rewards import assign_rewards
+from orchestrator.rewards import assign_configured_rewards, edit_penalty
 from orchestrator.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ class RoundReport:
     teacher_loss: float | None = None
     edit_styles: dict[str, int] = field(default_factory=dict)
     errors: int = 0
+    student_evals: int = 0  # (edit, student) adaptations this round, training + held-out; the budget
+    train_student_evals: int = 0  # of which on training contexts (what the teacher learns from)
 
 
 class Algorithm(Protocol):
@@ -95,25 +97,62 @@ def score_edits(
             len(edits) - len(todo),
             len(edits),
         )
+    by_id = {c.id: c for c in contexts}
+    ctx.pool.baselines(contexts, progress=ctx.progress)
+    score_batch(ctx, todo, by_id, round_index, heldout, desc=f"round {round_index} {tag}: adapting students")
+    scored = on_rank0(scored_records)
+    return [scored[(e.key, heldout)] for e in edits]
+
+
+def score_batch(
+    ctx: RunContext,
+    edits: list[Edit],
+    contexts: dict[str, Context],
+    round_index: int,
+    heldout: bool,
+    desc: str = "adapting students",
+) -> list[EditResult]:
+    """Score ``edits`` (in order) and persist each record as it completes. Degenerate edits (see
+    :func:`orchestrator.rewards.edit_penalty`) get the penalty without a student pass; all others go to the pool
+    in exactly one ``evaluate`` call, made even when there are none, so that every rank of a distributed pool
+    makes the same number of pool calls. Baselines of ``contexts`` must be cached (``pool.baselines``).
+
+    Under a launcher the ranks' edits are pooled first (ReST-EM's are the same on every rank, GRPO's differ):
+    every rank scores and records the union, and each gets back the results of its own edits."""
+    cfg, rd = ctx.cfg, ctx.rundir
+    own = [e.key for e in edits]
+    edits = _every_ranks_edits(edits)
     weights = {s.name: s.weight for s in cfg.students}
+    validate = getattr(ctx.task, "validate_edit", None)
+    done: dict[str, EditResult] = {}
 
     def finish(result: EditResult) -> None:
         result.heldout = heldout
-        assign_rewards(result, cfg.reward.name, cfg.reward.score, cfg.reward.aggregate, weights)
+        assign_configured_rewards(result, cfg.reward, weights)
         rd.append_edit(round_index, result)
+        done[result.edit.key] = result
 
-    by_id = {c.id: c for c in contexts}
-    ctx.pool.baselines(contexts, progress=ctx.progress)
-    ctx.pool.evaluate(
-        todo,
-        by_id,
-        cfg.run.seed,
-        on_result=finish,
-        progress=ctx.progress,
-        desc=f"round {round_index} {tag}: adapting students",
-    )
-    scored = on_rank0(scored_records)
-    return [scored[(e.key, heldout)] for e in edits]
+    valid = []
+    for e in edits:
+        reason = edit_penalty(e.text, cfg.reward.max_edit_chars, validate)
+        if reason is None:
+            valid.append(e)
+        else:
+            finish(ctx.pool.unadapted(e, contexts[e.context_id], reason))
+    ctx.pool.evaluate(valid, contexts, cfg.run.seed, on_result=finish, progress=ctx.progress, desc=desc)
+    return [done[key] for key in own]
+
+
+def _every_ranks_edits(edits: list[Edit]) -> list[Edit]:
+    """The union of the ranks' edits by key, in rank order (one process: ``edits`` itself)."""
+    parts = all_gather(edits)
+    if len(parts) == 1:
+        return edits
+    union: dict[str, Edit] = {}
+    for part in parts:
+        for e in part:
+            union.setdefault(e.key, e)
+    return list(union.values())
 
 
 def _read_json(path: Any) -> Any:
@@ -186,4 +225,11 @@ def make_report(
         teacher_loss=teacher_loss,
         edit_styles=styles,
         errors=sum(1 for r in train + heldout for o in r.per_student.values() if o.error),
+        student_evals=student_evals(train + heldout),
+        train_student_evals=student_evals(train),
     )
+
+
+def student_evals(results: list[EditResult]) -> int:
+    """(edit, student) pairs sent to the pool: degenerate edits cost none."""
+    return sum(len(r.per_student) for r in results if r.penalty is None)

@@ -32,6 +32,7 @@ def load_seal_json(path: str | Path, need_completions: bool = False) -> list[dic
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}. Pass a SEAL-format JSON file (see README).")
+    _check_json_list(path)
     try:
         ds = datasets.load_dataset("json", data_files=str(path), split="train")
     except Exception as exc:
@@ -48,6 +49,20 @@ def load_seal_json(path: str | Path, need_completions: bool = False) -> list[dic
             if not q or not str(q.get("answer") or "").strip():
                 raise DataFormatError(f"{path}: record {i} question {j} has no answer")
     return records
+
+
+def _check_json_list(path: Path) -> None:
+    """Fail with the line and column of a syntax error, before ``datasets`` logs its own error and raises a
+    generic ``DatasetGenerationError``."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataFormatError(f"{path}: not valid JSON ({exc}); expected a JSON list of records") from None
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise DataFormatError(f"{path}: expected a JSON list of {{title, context, questions}} records")
 
 
 def to_context(record: dict, index: int, max_questions: int = 0) -> Context:

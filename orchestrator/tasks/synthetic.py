@@ -178,6 +178,15 @@ class SyntheticTask:
             qs = qs[: self.max_questions]
         return Context(id=f"{split}-{i:04d}-{p.name}", text=passage(p, rng), questions=qs, title=p.name)
 
+    classify_edit = staticmethod(classify_edit)
+
+    def reference_edits(self, context: Context, seed: int = 0) -> dict[str, str]:
+        """One edit per style written from the task's own knowledge, plus the raw passage: a diagnostic of
+        how much each style is worth to the students (never shown to the teacher)."""
+        person = Person(context.title, {k: q.answer for k, q in zip(QUESTIONS, context.questions)})
+        rng = random.Random(seed)
+        return {"passage": context.text} | {s: edit_in_style(person, s, rng) for s in EDIT_STYLES}
+
     def train_contexts(self) -> list[Context]:
         return list(self._train)
 

@@ -1,0 +1,83 @@
+"""Checks a run needs beyond the config's own values, done before a run directory is created.
+
+:func:`orchestrator.config.validate` checks values; this module checks the world they point at: the task's
+data file parses and has the SEAL schema, the prompt format exists, and every ``model.path`` is a model
+folder or (offline) a hub id already in the local cache. Every failure is a :class:`ConfigError` that
+names the field and the fix, so the CLI exits with code 2 and one line before any work starts. Nothing
+here touches the network.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config import Config, ConfigError, ModelConfig
+
+
+def preflight(cfg: Config) -> Any:
+    """Run every check; returns the built task (so the run does not build it twice)."""
+    task = check_task(cfg)
+    check_prompt_format(cfg)
+    check_model_source(cfg.teacher.model, "teacher.model")
+    for i, s in enumerate(cfg.students):
+        check_model_source(s.model, f"students[{i}].model")
+    return task
+
+
+def check_task(cfg: Config) -> Any:
+    from orchestrator.tasks import build_task
+
+    try:
+        return build_task(cfg.task)
+    except (ValueError, FileNotFoundError) as exc:  # DataFormatError is a ValueError
+        raise ConfigError(f"task ({cfg.task.name}, task.path={cfg.task.path}): {exc}") from None
+
+
+def check_prompt_format(cfg: Config) -> None:
+    from teacher.prompts import PROMPT_FORMATS
+
+    if cfg.teacher.prompt_format not in PROMPT_FORMATS:
+        raise ConfigError(
+            f"teacher.prompt_format: unknown format '{cfg.teacher.prompt_format}'; "
+            f"choose from {sorted(PROMPT_FORMATS)}"
+        )
+
+
+def hub_offline() -> bool:
+    flags = (os.environ.get(v, "").lower() for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(f in ("1", "true", "yes", "on") for f in flags)
+
+
+def check_model_source(mc: ModelConfig, where: str) -> None:
+    """A local folder must hold ``config.json``; a hub id must be cached locally when the hub is offline."""
+    if mc.path is None:
+        return  # a tiny spec, built locally
+    path = Path(mc.path).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ConfigError(
+                f"{where}.path: {path} is not a model folder (no config.json). Point it at a folder written "
+                f"by save_pretrained, or use a hub id."
+            )
+        return
+    if mc.path.startswith((".", "/", "~")) or mc.path.count("/") > 1:
+        raise ConfigError(
+            f"{where}.path: no folder {path}, and '{mc.path}' is not a hub id (owner/name). Fix the path."
+        )
+    if hub_offline() and not _in_hub_cache(mc.path, mc.revision):
+        raise ConfigError(
+            f"{where}.path: '{mc.path}' is not a local folder and the hub is offline (HF_HUB_OFFLINE=1) with "
+            f"no cached copy. Use a local folder or a model.tiny spec, or go online once to cache it."
+        )
+
+
+def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except Exception:  # an invalid repo id (huggingface_hub raises its own validation error)
+        return False
+    return isinstance(found, str)

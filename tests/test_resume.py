@@ -1,0 +1,270 @@
+"""Runs killed with SIGKILL at every kind of point resume to exactly the records of an uninterrupted run.
+
+The kills are real: ``python -m orchestrator run`` in a subprocess with ``TEACHEDIT_FAULT=POINT:N``
+(orchestrator/faults.py) kills itself at the N-th pass through POINT. The reference run and every subprocess
+use one intra-op thread, so all of them compute with the same floating-point reduction order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from orchestrator import faults
+from orchestrator.records import EditResult
+from orchestrator.rundir import RunDir, RunDirError
+
+from .conftest import CACHE, CONFIGS, ROOT
+
+# The smoke config made smaller, rewarded on gold log-probability (so rewards are real numbers, not all 0),
+# and keeping every context's best edit (threshold -1000) so the teacher is trained in round 0.
+TINY = [
+    f"run.cache_dir={CACHE}",
+    "run.progress=false",
+    "task.num_train_contexts=2",
+    "task.num_heldout_contexts=1",
+    "reward.score=logprob",
+    "algorithm.threshold=-1000",
+    "algorithm.rounds=1",
+]
+EDITS_PER_ROUND = (2 + 1) * 2  # (train + held-out contexts) x 2 edits
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run_in_process(out: Path, name: str, extra: list[str] = ()) -> Path:
+    from orchestrator.config import load_config
+    from orchestrator.runner import Runner
+
+    cfg = load_config(CONFIGS / "smoke.yaml", [*TINY, f"run.output_dir={out}", f"run.name={name}", *extra])
+    Runner.new(cfg).run()
+    return out / name
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """One uninterrupted run of the tiny config, in this process, single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_in_process(tmp_path_factory.mktemp("reference"), "ref")
+    finally:
+        torch.set_num_threads(before)
+
+
+def cli(args: list[str], fault: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop(faults.ENV, None)
+    if fault:
+        env[faults.ENV] = fault
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", "run", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start(out: Path, name: str, fault: str | None) -> subprocess.CompletedProcess:
+    return cli([str(CONFIGS / "smoke.yaml"), *TINY, f"run.output_dir={out}", f"run.name={name}"], fault)
+
+
+def resume(run: Path, fault: str | None = None) -> subprocess.CompletedProcess:
+    return cli(["--resume", str(run)], fault)
+
+
+def assert_killed(proc: subprocess.CompletedProcess, fault: str) -> None:
+    assert proc.returncode == -signal.SIGKILL, (
+        f"{fault} was never reached (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
+    )
+
+
+def assert_finished(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+# -- comparing run directories -------------------------------------------------------------------------------
+def edit_records(run: Path, round_index: int) -> dict[tuple[str, bool], dict]:
+    """Every edit record of a round by (edit key, held out); fails on a duplicate or an unreadable line."""
+    lines = (run / "edits" / f"round_{round_index}.jsonl").read_text().splitlines()
+    out: dict[tuple[str, bool], dict] = {}
+    for line in lines:
+        result = EditResult.from_dict(json.loads(line))  # every line is a complete record
+        key, rec = (result.edit.key, result.heldout), result.to_dict()
+        assert key not in out, f"duplicate record {key} in round {round_index}"
+        out[key] = rec
+    return out
+
+
+def metrics(run: Path) -> list[dict]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        r.pop("seconds")  # wall time is the one thing allowed to differ
+    return rows
+
+
+def assert_same_records(run: Path, ref: Path) -> None:
+    for k in (0, 1):
+        got, want = edit_records(run, k), edit_records(ref, k)
+        assert len(want) == EDITS_PER_ROUND
+        assert got.keys() == want.keys(), f"round {k}: records lost or added"
+        for key in want:
+            assert got[key] == want[key], f"round {k} {key}: record differs from the uninterrupted run"
+    assert metrics(run) == metrics(ref)
+    assert not list(run.rglob("*.tmp")), "partial writes were cleaned up"
+    assert (run / "teacher" / "round_1" / "model.safetensors").is_file()
+
+
+# -- the kill tests ------------------------------------------------------------------------------------------
+def test_reference_rewards_are_informative(reference):
+    rewards = [r["reward"] for k in (0, 1) for r in edit_records(reference, k).values()]
+    assert len(set(rewards)) > 2, "rewards are real numbers, so equal rewards below mean something"
+    assert metrics(reference)[0]["kept"] == 2 and metrics(reference)[0]["teacher_loss"] is not None
+
+
+def test_killed_at_every_kind_of_point_resumes_to_the_uninterrupted_records(reference, tmp_path):
+    """One run, killed six times in a row at six kinds of point, then resumed to the end. (Each kind at
+    other counts, e.g. a torn metrics line, from a fresh run: test_single_kill_then_resume, marked slow.)"""
+    run = tmp_path / "killed"
+    chain = [
+        # (fault, what the run directory must show right after the kill)
+        ("adapt:6", lambda: len(edit_records(run, 0)) == 1),  # mid-adaptation of the 2nd edit
+        ("write:2", lambda: not (run / "edits/round_0.jsonl").read_bytes().endswith(b"\n")),  # torn line
+        # 4 baseline scorings, then the torn edit is re-scored (2) and appended, then the next edit's first
+        # student is scored and killed before its record is written; the torn tail was cut before appending
+        ("score:7", lambda: len(edit_records(run, 0)) == 3),
+        ("train:1", lambda: len(edit_records_tolerant(run, 0)) == EDITS_PER_ROUND),  # teacher SFT step 1
+        (
+            "checkpoint:1",  # teacher weights written to round_1.tmp, tokenizer not, folder not renamed
+            lambda: (run / "teacher/round_1.tmp").is_dir() and not (run / "teacher/round_1").exists(),
+        ),
+        # round 1's first generate() call (round 0's edits are on disk): the next resume must load
+        # teacher/round_1 from disk and write the very edits the uninterrupted run's in-memory teacher wrote
+        ("generate:1", lambda: not (run / "edits/round_1.train.proposed.json").exists()),
+    ]
+    for i, (fault, check) in enumerate(chain):
+        proc = start(tmp_path, "killed", fault) if i == 0 else resume(run, fault)
+        assert_killed(proc, fault)
+        assert check(), f"after {fault}: the run directory does not show the expected partial state"
+    assert_finished(resume(run))
+    assert_same_records(run, reference)
+
+
+def edit_records_tolerant(run: Path, round_index: int) -> list[dict]:
+    return RunDir(run).read_jsonl(f"edits/round_{round_index}.jsonl")
+
+
+# generate:1/2 round 0 (train, held-out contexts), 3 round 1; adapt: the 1st step, mid round 0, in round 1;
+# score:1 a baseline, 9 an adapted student; write:1 the first record, 7 round 0's metrics line, 9 a round-1
+# record. (The tiny teacher's SFT is one step, so train:1 is the only train point.)
+SINGLE_FAULTS = [
+    "generate:1",
+    "generate:2",
+    "generate:3",
+    "adapt:1",
+    "adapt:13",
+    "adapt:30",
+    "score:1",
+    "score:9",
+    "train:1",
+    "checkpoint:1",
+    "write:1",
+    "write:7",
+    "write:9",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", SINGLE_FAULTS)
+def test_single_kill_then_resume(reference, tmp_path, fault):
+    assert_killed(start(tmp_path, "one", fault), fault)
+    assert_finished(resume(tmp_path / "one"))
+    assert_same_records(tmp_path / "one", reference)
+
+
+# -- determinism ---------------------------------------------------------------------------------------------
+def test_same_config_and_seed_give_the_same_rewards(reference, tmp_path, one_thread):
+    again = run_in_process(tmp_path, "again")
+    assert_same_records(again, reference)
+    edits = json.loads((again / "edits" / "round_1.train.proposed.json").read_text())
+    ref_edits = json.loads((reference / "edits" / "round_1.train.proposed.json").read_text())
+    assert edits == ref_edits, "the trained teacher writes the same edits"
+
+
+# -- pieces of resume ----------------------------------------------------------------------------------------
+def test_torn_last_line_is_cut_before_the_next_append(tmp_path):
+    rd = RunDir.create(tmp_path / "r")
+    rd.append_jsonl("m.jsonl", {"a": 1})
+    with open(rd.path / "m.jsonl", "ab") as f:
+        f.write(b'{"a": 2, "b": [1, 2')  # a run killed mid-write
+    rd.append_jsonl("m.jsonl", {"a": 3})
+    assert rd.read_jsonl("m.jsonl") == [{"a": 1}, {"a": 3}]
+    assert (rd.path / "m.jsonl").read_text() == '{"a": 1}\n{"a": 3}\n'
+    # a file holding only a torn line
+    (rd.path / "n.jsonl").write_bytes(b'{"x": ')
+    rd.append_jsonl("n.jsonl", {"x": 1})
+    assert (rd.path / "n.jsonl").read_text() == '{"x": 1}\n'
+
+
+def test_partial_writes_are_removed_on_resume(tmp_path):
+    rd = RunDir.create(tmp_path / "r")
+    rd.write_text("config.yaml", "x: 1\n")
+    (rd.path / "summary.json.tmp").write_text("{")
+    (rd.path / "teacher" / "round_1.tmp").mkdir()
+    (rd.path / "teacher" / "round_1.tmp" / "model.safetensors").write_bytes(b"half")
+    (rd.path / "teacher" / "round_0").mkdir()
+    removed = rd.remove_partial_writes()
+    assert sorted(p.name for p in removed) == ["round_1.tmp", "summary.json.tmp"]
+    assert (rd.path / "teacher" / "round_0").is_dir() and (rd.path / "config.yaml").is_file()
+
+
+def test_resume_refuses_to_continue_without_the_teacher_checkpoint(reference, tmp_path):
+    import shutil
+
+    from orchestrator.runner import Runner
+
+    run = tmp_path / "damaged"
+    shutil.copytree(reference, run)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text(lines[0] + "\n")  # round 0 done, round 1 not
+    shutil.rmtree(run / "teacher" / "round_1")
+    with pytest.raises(RunDirError, match="teacher checkpoint .* is missing"):
+        Runner.resume(run).run()
+
+
+def test_fault_spec_parsing_and_counting(monkeypatch):
+    assert faults.parse("adapt:5, write:2") == {"adapt": 5, "write": 2}
+    for bad in ["adapt", "adapt:0", "adapt:x", "nowhere:1"]:
+        with pytest.raises(faults.FaultSpecError):
+            faults.parse(bad)
+    monkeypatch.delenv(faults.ENV, raising=False)
+    faults.point("adapt")  # unset: nothing happens
+    assert faults.trainer_callbacks() == []
+
+
+def test_fault_kills_at_the_nth_pass_and_not_before():
+    code = (
+        "from orchestrator import faults\n"
+        "for i in range(5):\n"
+        "    print(i, flush=True)\n"
+        "    faults.point('score', before_kill=lambda: print('dying', flush=True))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), faults.ENV: "score:3"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert proc.stdout.split() == ["0", "1", "2", "dying"]
