@@ -355,3 +355,52 @@ def test_two_rank_run_resumes_where_it_was_killed(tmp_path):
         }
 
     assert rewards(run) == rewards(whole)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_grpo_under_two_ranks_scores_every_ranks_completions(tmp_path, smoke_cfg, task):
+    """GRPO's reward function runs on each rank with that rank's completions: the ranks' edits are pooled,
+    scored once (ZeRO-3 student and unsharded one), recorded once by rank 0, and the teacher trains under
+    ZeRO-3 and is saved whole."""
+    from safetensors.torch import load_file
+
+    from orchestrator.models import tiny_dir
+
+    grpo = [
+        f"run.cache_dir={CACHE}",
+        "run.progress=false",
+        "algorithm.name=grpo",
+        "algorithm.rounds=1",
+        "algorithm.grpo.steps_per_round=2",
+        "algorithm.grpo.prompts_per_step=2",
+        "algorithm.grpo.num_generations=2",
+        "algorithm.grpo.learning_rate=1e-3",
+        "algorithm.grpo.max_edit_tokens=24",
+        "teacher.generation.max_new_tokens=24",
+        "task.num_train_contexts=4",  # 2 ranks x 2 prompts per step
+        "task.num_heldout_contexts=1",
+        "reward.name=logprob_gain",
+        "students.0.sharding=zero3",
+        f"teacher.train.deepspeed={CONFIGS / 'deepspeed' / 'zero3.json'}",
+    ]
+    launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2"]
+    launcher += [
+        "--master_port",
+        str(_free_port()),
+        "--module",
+        "orchestrator",
+        "run",
+        str(CONFIGS / "smoke.yaml"),
+    ]
+    _run(launcher + grpo + [f"run.output_dir={tmp_path}", "run.name=g"], tmp_path / "g.log")
+    run = tmp_path / "g"
+    train = [r for r in _records(run / "edits" / "round_0.jsonl") if not r["heldout"]]
+    keys = {(r["edit"]["context_id"], r["edit"]["sample_index"]) for r in train}
+    assert len(train) == len(keys) == 2 * 2 * 2 * 2, "steps x ranks x prompts x generations, each once"
+    assert {r["edit"]["sample_index"] % 2 for r in train} == {0, 1}, "both ranks' completions are recorded"
+    assert _records(run / "metrics.jsonl")[0]["kept"] == len(train)
+    saved = load_file(run / "teacher" / "round_1" / "model.safetensors")
+    initial = load_file(tiny_dir(smoke_cfg.teacher.model.tiny, task, CACHE) / "model.safetensors")
+    assert all(saved[k].shape == initial[k].shape for k in initial)
+    assert any(not torch.equal(saved[k], initial[k]) for k in saved), "GRPO updated the teacher"
