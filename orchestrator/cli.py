@@ -9,15 +9,20 @@ import sys
 from pathlib import Path
 
 
-def _setup_logging(verbose: bool, logfile: Path | None = None) -> None:
+def _setup_logging(verbose: bool, logfile: Path | None = None, rank: int | None = None) -> None:
+    """``rank`` (under a launcher): rank 0 logs as one process does; the others log warnings only, tagged."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if logfile is not None:
         handlers.append(logging.FileHandler(logfile))
+    level = logging.DEBUG if verbose else logging.INFO
+    if rank:
+        level = max(level, logging.WARNING)
+    tag = "" if rank is None else f"[rank {rank}] "
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=level,
         handlers=handlers,
         force=True,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s {tag}%(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "DeepSpeed", "torch.distributed"):
@@ -37,9 +42,11 @@ def _quiet_libraries() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.config import load_config
+    from orchestrator.distributed import init_from_launcher, launched
     from orchestrator.report import round_table
     from orchestrator.runner import Runner
 
+    env = init_from_launcher()  # under deepspeed/torchrun: before any model or TrainingArguments
     if args.resume:
         _quiet_libraries()  # before preflight reads data files (datasets' progress bars)
         runner = Runner.resume(args.resume, args.overrides)
@@ -53,8 +60,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)  # config errors come back fast
         _quiet_libraries()
         runner = Runner.new(cfg)
-    _setup_logging(args.verbose, runner.rundir.path / "run.log")
+    if not env.is_main:  # only rank 0 writes run files and prints
+        _setup_logging(args.verbose, None, rank=env.rank)
+        runner.run()
+        return 0
+    _setup_logging(args.verbose, runner.rundir.path / "run.log", rank=0 if launched() else None)
     print(f"run directory: {runner.rundir.path}")
+    if launched():
+        print(f"ranks: {env.world_size}")
     summary = runner.run()
     print()
     print(round_table(summary))
@@ -98,6 +111,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f"{req.protocol} protocol on {outcome.passages} passages in {outcome.seconds:.0f}s; "
         f"results in {outcome.path}/ (eval.json, eval.md,{extra} updates.jsonl)"
     )
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    """Build (or find) the config's tiny models, e.g. once before a multi-node launch."""
+    from orchestrator.config import load_config
+    from orchestrator.models import resolve_model_path
+    from orchestrator.tasks import build_task
+
+    _setup_logging(args.verbose)
+    _quiet_libraries()
+    cfg = load_config(args.config, args.overrides)
+    task = build_task(cfg.task)
+    roles = [("teacher", "teacher", cfg.teacher.model)] + [(s.name, "student", s.model) for s in cfg.students]
+    for name, role, model in roles:
+        print(f"{name}: {resolve_model_path(model, role, task, cfg.run.cache_dir)}")
     return 0
 
 
@@ -149,6 +178,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="teachedit", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # The deepspeed launcher passes --local_rank=N; the rank is read from the environment (LOCAL_RANK).
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a config: teacher → students → reward → teacher update, per round")
@@ -156,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. algorithm.rounds=3")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     run.set_defaults(fn=cmd_run)
+
+    build = sub.add_parser("build", help="build and cache a config's tiny models (no run)")
+    build.add_argument("config", help="YAML config, e.g. configs/ds_tiny.yaml")
+    build.add_argument("overrides", nargs="*", help="key=value overrides")
+    build.set_defaults(fn=cmd_build)
 
     styles = sub.add_parser("styles", help="how much each reference edit style is worth to each student")
     styles.add_argument("config")
@@ -201,6 +237,7 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from orchestrator.config import ConfigError
+    from orchestrator.distributed import RankError, current, shutdown
     from orchestrator.models import ModelLoadError
     from orchestrator.rundir import RunDirError
 
@@ -210,13 +247,17 @@ def main(argv: list[str] | None = None) -> int:
         args.config = None
     try:
         return args.fn(args)
-    except (ConfigError, ModelLoadError, RunDirError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, ModelLoadError, RunDirError, FileNotFoundError, ValueError, RankError) as exc:
         message = " ".join(str(exc).split())  # one line, even for multi-line YAML parser messages
-        print(f"teachedit: error: {message}", file=sys.stderr)
+        env = current()
+        tag = f" [rank {env.rank}]" if env.world_size > 1 else ""
+        print(f"teachedit{tag}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("teachedit: interrupted; completed records are saved. Continue with --resume.", file=sys.stderr)
         return 130
+    finally:
+        shutdown()
 
 
 if __name__ == "__main__":

@@ -102,6 +102,12 @@ class StudentConfig:
     sharding: str = field(
         default="none", metadata={"help": "none | zero2 | zero3 (under the deepspeed launcher)."}
     )
+    offload: str = field(
+        default="none",
+        metadata={
+            "help": "none | cpu: ZeRO-Offload of optimizer states (and zero3 parameters) to CPU memory."
+        },
+    )
     max_new_tokens: int = field(default=16, metadata={"help": "Longest greedy answer when scoring."})
     eval_batch_size: int = field(default=32, metadata={"help": "Questions per scoring forward pass."})
 
@@ -435,6 +441,12 @@ def validate(cfg: Config) -> None:
         _check(a.loss_on in ("completion", "all"), f"{where}.adapt.loss_on", "use completion or all")
         _check(s.weight >= 0, f"{where}.weight", "must be >= 0")
         _check(s.sharding in ("none", "zero2", "zero3"), f"{where}.sharding", "use none, zero2 or zero3")
+        _check(s.offload in ("none", "cpu"), f"{where}.offload", "use none or cpu")
+        _check(
+            s.offload == "none" or s.sharding != "none",
+            f"{where}.offload",
+            "offload needs sharding: zero2 or zero3 (set offload: none for an unsharded student)",
+        )
 
     _check(cfg.reward.name in REWARDS, "reward.name", f"unknown reward; choose from {sorted(REWARDS)}")
     _check(cfg.reward.score in ("em", "f1", "logprob"), "reward.score", "use em, f1 or logprob")

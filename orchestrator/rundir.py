@@ -33,8 +33,10 @@ class RunDirError(RuntimeError):
 
 
 class RunDir:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, writer: bool = True):
         self.path = Path(path)
+        # Under a launcher only rank 0 writes; on the other ranks every write is skipped.
+        self.writer = writer
 
     @classmethod
     def create(cls, path: str | Path, overwrite: bool = False) -> RunDir:
@@ -68,6 +70,8 @@ class RunDir:
     # -- writing ---------------------------------------------------------------------------------------------
     def write_text(self, name: str, text: str) -> None:
         """Atomic: write a temp file, fsync, rename over the target."""
+        if not self.writer:
+            return
         target = self.path / name
         tmp = target.with_name(target.name + ".tmp")
         with _disk_errors(self.path, target):
@@ -82,6 +86,8 @@ class RunDir:
 
     def append_jsonl(self, name: str, obj: dict[str, Any]) -> None:
         """Append one complete line and fsync, so a killed run leaves every record complete or absent."""
+        if not self.writer:
+            return
         line = (json.dumps(obj) + "\n").encode()
         path = self.path / name
         with _disk_errors(self.path, path), open(path, "ab+") as f:

@@ -15,6 +15,7 @@ import torch
 
 from orchestrator.algorithms import ALGORITHMS, RoundReport, RunContext
 from orchestrator.config import Config, load_config, to_yaml
+from orchestrator.distributed import is_main, launched, on_rank0, prebuild_tiny_models
 from orchestrator.models import load_causal_lm, load_tokenizer, resolve_device, resolve_model_path
 from orchestrator.preflight import preflight
 from orchestrator.records import json_safe
@@ -40,9 +41,18 @@ def build_teacher(cfg: Config, task: Any, device: torch.device) -> tuple[Any, st
 
 
 def build_pool(cfg: Config, task: Any, device: torch.device) -> Any:
+    """The student pool. Under a launcher: a :class:`student.distributed.DistributedPool` (students sharded
+    per their ``sharding``, the others splitting the edits); in one process, a plain ``StudentPool``."""
+    if launched():
+        from student.distributed import build_distributed_pool
+
+        return build_distributed_pool(cfg, task, device)
     from student.pool import StudentPool
     from student.student import Student
 
+    sharded = [s.name for s in cfg.students if s.sharding != "none"]
+    if sharded:
+        log.info("one process: %s run unsharded (sharding applies under the deepspeed launcher)", sharded)
     students = []
     for sc in cfg.students:
         path = resolve_model_path(sc.model, "student", task, cfg.run.cache_dir)
@@ -64,19 +74,28 @@ class Runner:
     @classmethod
     def new(cls, cfg: Config) -> Runner:
         task = preflight(cfg)  # bad data or model paths fail here, before a run directory exists
-        rundir = RunDir.create(Path(cfg.run.output_dir) / cfg.run.name, overwrite=cfg.run.overwrite)
-        rundir.write_text("config.yaml", to_yaml(cfg))
-        return cls(cfg, rundir, task=task)
+
+        def create() -> Path:
+            rundir = RunDir.create(Path(cfg.run.output_dir) / cfg.run.name, overwrite=cfg.run.overwrite)
+            rundir.write_text("config.yaml", to_yaml(cfg))
+            return rundir.path
+
+        # Under a launcher rank 0 creates the directory (its error, if any, stops every rank); only it writes.
+        return cls(cfg, RunDir(on_rank0(create), writer=is_main()), task=task)
 
     @classmethod
     def resume(cls, path: str | Path, overrides: list[str] | None = None) -> Runner:
         path = Path(path)
-        if not (path / "config.yaml").is_file():
-            raise FileNotFoundError(f"{path} is not a run directory (no config.yaml); nothing to resume")
-        cfg = load_config(path / "config.yaml", overrides)
+
+        def read() -> Config:
+            if not (path / "config.yaml").is_file():
+                raise FileNotFoundError(f"{path} is not a run directory (no config.yaml); nothing to resume")
+            return load_config(path / "config.yaml", overrides)
+
+        cfg = on_rank0(read)
         task = preflight(cfg)
-        rundir = RunDir(path)
-        rundir.remove_partial_writes()  # *.tmp files and checkpoint folders of the killed run
+        rundir = RunDir(path, writer=is_main())
+        on_rank0(rundir.remove_partial_writes)  # *.tmp files and checkpoint folders of the killed run
         return cls(cfg, rundir, task=task)
 
     def completed_rounds(self) -> list[dict[str, Any]]:
@@ -88,6 +107,8 @@ class Runner:
         seed_everything(cfg.run.seed)
         device = resolve_device(cfg.run.device)
         task = self.task if self.task is not None else build_task(cfg.task)
+        if launched():
+            prebuild_tiny_models(cfg, task)
         teacher, teacher_path = build_teacher(cfg, task, device)
         pool = build_pool(cfg, task, device)
         ctx = RunContext(
@@ -96,12 +117,12 @@ class Runner:
             teacher=teacher,
             pool=pool,
             rundir=self.rundir,
-            progress=self.progress,
+            progress=self.progress and is_main(),
             initial_teacher=teacher_path,
         )
         algorithm = ALGORITHMS[cfg.algorithm.name]()
         algorithm.setup(ctx)
-        done = self.completed_rounds()
+        done = on_rank0(self.completed_rounds)
         if done:
             log.info("resuming %s after %d completed round(s)", self.rundir.path, len(done))
             self._load_teacher(algorithm, len(done))
@@ -122,7 +143,7 @@ class Runner:
         on with the initial teacher."""
         if updates > self.cfg.algorithm.rounds:
             return  # every round is done; the last one trains no teacher
-        if not self.rundir.teacher_dir(updates).is_dir():
+        if not on_rank0(self.rundir.teacher_dir(updates).is_dir):  # rank 0's view, so all ranks agree
             raise RunDirError(
                 f"{self.rundir.path}: metrics.jsonl lists {updates} completed round(s) but the teacher "
                 f"checkpoint {self.rundir.teacher_dir(updates)} is missing; restore it, or start a new run."
@@ -141,6 +162,8 @@ class Runner:
             "wall_seconds": wall,
         }
         self.rundir.write_json("summary.json", summary)
+        if not self.rundir.writer:
+            return summary
         try:
             from orchestrator.report import plot_reward_curve
 

@@ -120,9 +120,12 @@ class Teacher:
         return loss
 
     def save(self, directory: Path) -> None:
-        """Save weights (safetensors) and tokenizer atomically: written to a temp folder, then renamed."""
+        """Save weights (safetensors) and tokenizer atomically: written to a temp folder, then renamed.
+        Under a launcher only rank 0 writes (every rank holds the same weights)."""
         import shutil
 
+        if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+            return
         directory = Path(directory)
         tmp = directory.with_name(directory.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)  # a half-written folder of a killed run: never reuse its files

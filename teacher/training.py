@@ -47,7 +47,14 @@ def sft_train(
 
     if not records:
         raise TrainingError("no training records: nothing to fine-tune on")
-    on_cpu = next(model.parameters()).device.type == "cpu"
+    if deepspeed is not None and not torch.distributed.is_initialized():
+        log.warning(
+            "a DeepSpeed config was given but no launcher started this process: training without DeepSpeed "
+            "(launch with `deepspeed --num_gpus N teachedit run ...` to use it)"
+        )
+        deepspeed = None
+    device = next(model.parameters()).device
+    on_cpu = device.type == "cpu"
     workdir = output_dir or tempfile.mkdtemp(prefix="teachedit-sft-")
     args = SFTConfig(
         output_dir=workdir,
@@ -95,10 +102,34 @@ def sft_train(
     if not math.isfinite(loss):
         raise TrainingError(f"teacher training loss is {loss}; lower teacher.train.learning_rate")
     trained = trainer.model
-    if method == "lora":
+    if deepspeed is not None:
+        trained = release_deepspeed(trainer, method, device)
+    elif method == "lora":
         trained = trained.merge_and_unload()
     trained.eval()
     del trainer
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return trained, loss
+
+
+def release_deepspeed(trainer: Any, method: str, device: torch.device) -> Any:
+    """The trained weights as a plain model, free of DeepSpeed: ZeRO-3 partitions gathered on every rank
+    (the teacher samples edits whole), a LoRA adapter merged, the engine destroyed, and transformers' global
+    DeepSpeed config unset (else a later ``from_pretrained`` would start a collective ``zero.Init`` on one
+    rank only). Under ZeRO-2 the gather is a no-op."""
+    import deepspeed
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    model = trainer.model
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+        if method == "lora":
+            model = model.merge_and_unload()
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    trainer.model_wrapped.destroy()
+    trainer.accelerator.free_memory()
+    unset_hf_deepspeed_config()
+    dtype = next(v.dtype for v in state.values() if v.is_floating_point())
+    plain = type(model)(model.config).to(device=device, dtype=dtype)
+    plain.load_state_dict(state)
+    return plain

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from orchestrator.config import Config
+from orchestrator.distributed import all_gather, on_rank0
 from orchestrator.records import Context, Edit, EditResult
 from orchestrator.rewards import assign_configured_rewards, edit_penalty
 from orchestrator.rundir import RunDir
@@ -72,13 +73,21 @@ def score_edits(
     cfg, rd = ctx.cfg, ctx.rundir
     tag = "heldout" if heldout else "train"
     proposals = f"edits/round_{round_index}.{tag}.proposed.json"
-    if (rd.path / proposals).exists():
-        edits = [Edit(**e) for e in _read_json(rd.path / proposals)]
-    else:
+
+    def load_or_propose() -> list[Edit]:
+        if (rd.path / proposals).exists():
+            return [Edit(**e) for e in _read_json(rd.path / proposals)]
         seed = cfg.run.seed * 1000 + round_index * 2 + int(heldout)
         edits = ctx.teacher.propose(contexts, round_index, seed, progress=ctx.progress)
         rd.write_json(proposals, [e.__dict__ for e in edits])
-    done = {(r.edit.key, r.heldout): r for r in rd.edits(round_index)}
+        return edits
+
+    def scored_records() -> dict[tuple[str, bool], EditResult]:
+        return {(r.edit.key, r.heldout): r for r in rd.edits(round_index)}
+
+    # Under a launcher rank 0 reads the run directory and samples the edits; every rank gets the same lists.
+    edits = on_rank0(load_or_propose)
+    done = on_rank0(scored_records)
     todo = [e for e in edits if (e.key, heldout) not in done]
     if len(todo) < len(edits):
         log.info(
@@ -91,7 +100,7 @@ def score_edits(
     by_id = {c.id: c for c in contexts}
     ctx.pool.baselines(contexts, progress=ctx.progress)
     score_batch(ctx, todo, by_id, round_index, heldout, desc=f"round {round_index} {tag}: adapting students")
-    scored = {(r.edit.key, r.heldout): r for r in rd.edits(round_index)}
+    scored = on_rank0(scored_records)
     return [scored[(e.key, heldout)] for e in edits]
 
 
@@ -106,8 +115,13 @@ def score_batch(
     """Score ``edits`` (in order) and persist each record as it completes. Degenerate edits (see
     :func:`orchestrator.rewards.edit_penalty`) get the penalty without a student pass; all others go to the pool
     in exactly one ``evaluate`` call, made even when there are none, so that every rank of a distributed pool
-    makes the same number of pool calls. Baselines of ``contexts`` must be cached (``pool.baselines``)."""
+    makes the same number of pool calls. Baselines of ``contexts`` must be cached (``pool.baselines``).
+
+    Under a launcher the ranks' edits are pooled first (ReST-EM's are the same on every rank, GRPO's differ):
+    every rank scores and records the union, and each gets back the results of its own edits."""
     cfg, rd = ctx.cfg, ctx.rundir
+    own = [e.key for e in edits]
+    edits = _every_ranks_edits(edits)
     weights = {s.name: s.weight for s in cfg.students}
     validate = getattr(ctx.task, "validate_edit", None)
     done: dict[str, EditResult] = {}
@@ -126,7 +140,19 @@ def score_batch(
         else:
             finish(ctx.pool.unadapted(e, contexts[e.context_id], reason))
     ctx.pool.evaluate(valid, contexts, cfg.run.seed, on_result=finish, progress=ctx.progress, desc=desc)
-    return [done[e.key] for e in edits]
+    return [done[key] for key in own]
+
+
+def _every_ranks_edits(edits: list[Edit]) -> list[Edit]:
+    """The union of the ranks' edits by key, in rank order (one process: ``edits`` itself)."""
+    parts = all_gather(edits)
+    if len(parts) == 1:
+        return edits
+    union: dict[str, Edit] = {}
+    for part in parts:
+        for e in part:
+            union.setdefault(e.key, e)
+    return list(union.values())
 
 
 def _read_json(path: Any) -> Any:

@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from orchestrator.algorithms.base import RoundReport, RunContext, make_report, score_batch, score_edits
+from orchestrator.distributed import all_gather
 from orchestrator.records import Context, Edit, EditResult
 from teacher.prompts import render_prompt
 
@@ -150,14 +151,15 @@ class GRPO:
             from teacher.training import TrainingError
 
             raise TrainingError(f"GRPO loss is {loss}; lower algorithm.grpo.learning_rate")
+        results = [r for part in all_gather(reward.results) for r in part]  # every rank's edits (launcher)
         log.info(
             "round %d: %d GRPO steps on %d scored edits (mean reward %+.3f)",
             round_index,
             g.steps_per_round,
-            len(reward.results),
-            sum(r.reward for r in reward.results) / max(1, len(reward.results)),
+            len(results),
+            sum(r.reward for r in results) / max(1, len(results)),
         )
-        return reward.results, loss
+        return results, loss
 
     def _trainer(self, round_index: int, args: Any, reward: PoolReward, contexts: list[Context]) -> Any:
         from datasets import Dataset
@@ -252,6 +254,10 @@ class GRPO:
 
 def _plain_model(trainer: Any, method: str) -> Any:
     """The trained teacher as a plain ``PreTrainedModel``: unwrapped, LoRA merged, TRL's patches removed."""
+    if trainer.is_deepspeed_enabled:  # under the launcher: ZeRO shards gathered, the engine's hooks gone
+        from teacher.training import release_deepspeed
+
+        return release_deepspeed(trainer, method, trainer.args.device)
     model = trainer.accelerator.unwrap_model(trainer.model)
     if method == "lora":
         model = model.merge_and_unload()
