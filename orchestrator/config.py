@@ -254,6 +254,17 @@ class RunConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """A local causal LM that grades no-context answers yes/no, like SEAL's grader (never a paid API)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    use_chat_template: str = field(
+        default="auto", metadata={"help": "auto (if the tokenizer has one) | always | never"}
+    )
+    batch_size: int = field(default=16, metadata={"help": "Grading prompts per forward pass."})
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -261,6 +272,9 @@ class Config:
     students: list[StudentConfig] = field(default_factory=list)
     reward: RewardConfig = field(default_factory=RewardConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    judge: JudgeConfig | None = field(
+        default=None, metadata={"help": "Optional yes/no grader used by `teachedit eval`; null disables it."}
+    )
 
 
 def _merge_students(current: list[Any], raw: Any) -> list[Any]:
@@ -435,6 +449,14 @@ def validate(cfg: Config) -> None:
     _check(cfg.algorithm.name in ALGORITHMS, "algorithm.name", f"choose from {sorted(ALGORITHMS)}")
     _check(cfg.algorithm.rounds >= 0, "algorithm.rounds", "must be >= 0")
     _check(cfg.algorithm.keep in ("best_of_k", "threshold"), "algorithm.keep", "use best_of_k or threshold")
+    if cfg.judge is not None:
+        _check_model(cfg.judge.model, "judge.model")
+        _check(cfg.judge.batch_size >= 1, "judge.batch_size", "must be >= 1")
+        _check(
+            cfg.judge.use_chat_template in ("auto", "always", "never"),
+            "judge.use_chat_template",
+            "use auto, always or never",
+        )
     if cfg.algorithm.name == "grpo":
         _check_grpo(cfg)
 
