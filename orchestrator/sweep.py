@@ -380,7 +380,7 @@ class Sweep:
         key = digest([src.digest, contexts_digest(contexts), self.cfg.run.seed])[:16]
         if key in self._edits:
             return self._edits[key]
-        name = f"edits/{src.name.replace('/', '_')}-{key}.json"
+        name = f"edits/teacher-{key}.json"  # by content: the distill row reuses its teacher source's edits
         file = self.rd.path / name
         if file.is_file():
             records = json.loads(file.read_text())

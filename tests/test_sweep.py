@@ -256,3 +256,27 @@ def test_cli_sweep_config_error_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("teachedit: error: sweep.metric") and err.count("\n") == 1
     assert not any(tmp_path.iterdir())  # nothing was created
+
+
+@pytest.mark.slow
+def test_sweep_trains_the_pool_a_teacher_first(sweep_cfg, tmp_path):
+    """One command: the teacher run is missing, so the sweep trains it against pool A, then sweeps its rounds."""
+    cfg_path = _write(
+        sweep_cfg,
+        tmp_path / "s.yaml",
+        sources={},
+        students=["llama-s", "gpt2-s"],
+        protocols=["cpt"],
+        cpt_n=2,
+        teacher_run=str(tmp_path / "teacher_A"),
+        teacher_pool="A",
+        pools={"A": ["llama-s"], "B": ["gpt2-s"]},
+        distill=DistillConfig(enabled=False),
+    )
+    overrides = [f"run.output_dir={tmp_path}", "sweep.name=one", "task.num_train_contexts=2"]
+    assert main(["sweep", str(cfg_path), *overrides, "task.num_heldout_contexts=1"]) == 0
+    trained = load_config(tmp_path / "teacher_A" / "config.yaml")
+    assert [s.name for s in trained.students] == ["llama-s"]
+    assert (tmp_path / "teacher_A" / "teacher" / "round_1" / "model.safetensors").is_file()
+    report = json.loads((tmp_path / "one" / "sweep.json").read_text())
+    assert {(t["pool"], t["role"]) for t in report["transfer"]} == {("A", "in-pool"), ("B", "held-out")}
