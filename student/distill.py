@@ -83,7 +83,7 @@ def gkd_args(adapt: Any, dcfg: DistillConfig, seed: int, on_cpu: bool, workdir: 
         max_length=adapt.max_length,
         lr_scheduler_type="constant",
         weight_decay=0.0,
-        max_grad_norm=adapt.max_grad_norm if adapt.max_grad_norm > 0 else 0.0,
+        max_grad_norm=adapt.max_grad_norm,  # 0 disables clipping, as in the inner loop
         seed=seed,
         data_seed=seed,
         use_cpu=on_cpu,
