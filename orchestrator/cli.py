@@ -175,6 +175,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from orchestrator.config import load_config
+    from orchestrator.sweep import check_sweep, run_sweep, sweep_dir
+
+    cfg = load_config(args.config, args.overrides)
+    check_sweep(cfg)  # config errors before any model is built
+    path = sweep_dir(cfg)
+    path.mkdir(parents=True, exist_ok=True)
+    _setup_logging(args.verbose, path / "sweep.log")
+    _quiet_libraries()
+    print(f"sweep directory: {path}")
+    outcome = run_sweep(cfg)
+    print()
+    print(outcome.table)
+    print(
+        f"{outcome.computed} cell(s) computed, {outcome.reused} reused from the cache, in {outcome.seconds:.0f}s; "
+        f"results in {outcome.path}/ (sweep.json, sweep.md, heatmap.png, cells/, edits/)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="teachedit", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -203,9 +224,21 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("runs", nargs="+", metavar="RUN", help="run directories (each holds summary.json)")
     compare.add_argument("--out", metavar="FILE.png", help="write the comparison plot here")
     compare.set_defaults(fn=cmd_compare)
-
     _add_eval_parser(sub)
+    _add_sweep_parser(sub)
     return p
+
+
+def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
+    sw = sub.add_parser(
+        "sweep",
+        help="edit sources x students x protocols (+ logit distillation), cached per cell; gain heatmap",
+    )
+    sw.add_argument("config", help="YAML config with a sweep: section, e.g. configs/sweep_tiny.yaml")
+    sw.add_argument(
+        "overrides", nargs="*", help="key=value overrides, e.g. students.0.model.tiny.family=qwen2"
+    )
+    sw.set_defaults(fn=cmd_sweep)
 
 
 def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
