@@ -205,7 +205,7 @@ class Sweep:
         return out
 
     def load_data(self) -> tuple[list[Context], dict[str, Source]]:
-        from orchestrator.protocols.evaluate import check_task
+        from orchestrator.protocols.evaluate import check_disjoint
         from orchestrator.tasks.squad import bundled_path
 
         s = self.cfg.sweep
@@ -216,7 +216,7 @@ class Sweep:
         }
         data = s.data or str(bundled_path())
         contexts, file_sources = load_eval_data(data, list(files.values()), s.limit)
-        check_task(self.cfg, self.task, contexts)
+        check_disjoint(self.cfg, self.task, contexts)
         by_name = {n: dataclasses.replace(src, name=n) for n, src in zip(files, file_sources)}
         return contexts, by_name
 
