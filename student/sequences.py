@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,3 +56,16 @@ def collate(tok: Any, items: list[TrainingItem], max_length: int, loss_on: str =
         attention[i, : len(ids)] = 1
         labels[i, : len(lab)] = torch.tensor(lab)
     return Batch(input_ids, attention, labels)
+
+
+def batch_schedule(n_items: int, epochs: int, batch_size: int, seed: int) -> list[list[list[int]]]:
+    """The inner loop's data order, ``[epoch][step] -> item indices``: each epoch shuffles the indices with
+    ``random.Random(seed)`` (the same list, shuffled again) and cuts them into batches of ``batch_size``.
+    Sequential and batched adaptation both follow it, so an edit sees the same batches in both."""
+    rng = random.Random(seed)
+    order = list(range(n_items))
+    schedule = []
+    for _ in range(epochs):
+        rng.shuffle(order)
+        schedule.append([order[i : i + batch_size] for i in range(0, n_items, batch_size)])
+    return schedule
