@@ -45,9 +45,12 @@ def _prefix(tok: Any) -> list[int]:
 
 def collate(tok: Any, items: list[TrainingItem], max_length: int, loss_on: str = "completion") -> Batch:
     """Right-pad a list of items; padding gets attention 0 and label IGNORE."""
-    encoded = [encode_item(tok, it, max_length, loss_on) for it in items]
+    return pad_batch([encode_item(tok, it, max_length, loss_on) for it in items], tok.pad_token_id)
+
+
+def pad_batch(encoded: list[tuple[list[int], list[int]]], pad: int) -> Batch:
+    """Right-pad ``(input_ids, labels)`` pairs from :func:`encode_item` into a :class:`Batch`."""
     width = max(len(ids) for ids, _ in encoded)
-    pad = tok.pad_token_id
     input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
     attention = torch.zeros((len(encoded), width), dtype=torch.long)
     labels = torch.full((len(encoded), width), IGNORE, dtype=torch.long)

@@ -32,16 +32,30 @@ def _state(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _lora_state(model, adapter_name="default"):
+def _lora_state(model):
     from peft import get_peft_model_state_dict
 
-    sd = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    sd = get_peft_model_state_dict(model)
     return {k: v.detach().clone() for k, v in sd.items()}
 
 
 def _sequential_adapter(s, items, seed):
     with s.adapted(items, seed):
         return _lora_state(s.model)
+
+
+def _peft_init(s, seed):
+    """The adapter peft creates under torch.manual_seed(seed), untrained."""
+    from peft import get_peft_model
+
+    from student.student import lora_config
+
+    torch.manual_seed(seed)
+    model = get_peft_model(s.model, lora_config(s.cfg.adapt, s.model_type))
+    try:
+        return _lora_state(model)
+    finally:
+        s.model = model.unload()
 
 
 def _assert_same_outcome(a, b, what):
@@ -57,7 +71,9 @@ def _assert_same_outcome(a, b, what):
 
 @pytest.mark.parametrize("name", ["llama-t", "gpt2-t"])
 def test_batched_equals_sequential(make_student, task, name):
-    s = make_student(name, epochs=3, batch_size=2, learning_rate=1e-2, edit_batch_size=8)
+    # lr 3e-3 moves the adapters well away from their init; much larger rates let Adam amplify float rounding
+    # (a batch of other shapes sums in another order) towards the 1e-4 tolerance.
+    s = make_student(name, epochs=3, batch_size=2, learning_rate=3e-3, edit_batch_size=8)
     edits = _edits(task)
     seeds = [edit_seed(0, Edit(c.id, "notes", i, t, "t"), name) for i, (t, c) in enumerate(edits)]
     before = _state(s.model)
@@ -68,10 +84,13 @@ def test_batched_equals_sequential(make_student, task, name):
     items = [s.usable_items(*edits[i]) for i in live]
     assert len({len(it) for it in items}) >= 3, "edits have different numbers of sequences"
     with MultiLoRA(s, [seeds[i] for i in live]) as ml:
+        initial = [{k: v.clone() for k, v in ml.adapter_state(k).items()} for k in range(len(live))]
         trained = train_adapters(ml, items)
-        batched = [_lora_state(ml.model, n) for n in ml.names]
+        batched = [ml.adapter_state(k) for k in range(len(live))]
     assert all(err is None for _, err in trained)
     for k, i in enumerate(live):
+        init = _peft_init(s, seeds[i])
+        assert initial[k].keys() == init.keys() and all(torch.equal(initial[k][x], init[x]) for x in init)
         seq = _sequential_adapter(s, items[k], seeds[i])
         assert batched[k].keys() == seq.keys() and len(seq) > 0
         for key in seq:
