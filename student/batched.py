@@ -307,7 +307,7 @@ def evaluate_batch(
         return out
     try:
         with MultiLoRA(student, [seeds[i] for i in live]) as ml:
-            trained = train_adapters(ml, [items[i] for i in live])  # type: ignore[misc]
+            trained = train_adapters(ml, [it for it in items if it is not None])
             scores = score_adapters(
                 ml, [contexts[i] for i in live], [g for g, t in enumerate(trained) if not t[1]]
             )
