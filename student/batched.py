@@ -215,7 +215,10 @@ def train_adapters(ml: MultiLoRA, items: list[list[TrainingItem]]) -> list[tuple
     device = next(ml.model.parameters()).device
     encoded = [[encode_item(s.tok, it, a.max_length, a.loss_on) for it in its] for its in items]
     plans = [_plan(len(it), a.epochs, a.batch_size, seed) for it, seed in zip(items, ml.seeds)]
-    opt = torch.optim.AdamW([p for ps in ml.params for p in ps], lr=a.learning_rate, weight_decay=0.0)
+    # foreach: one multi-tensor update over every edit's tensors (same update rule as the sequential path)
+    opt = torch.optim.AdamW(
+        [p for ps in ml.params for p in ps], lr=a.learning_rate, weight_decay=0.0, foreach=True
+    )
     losses: list[dict[int, list[float]]] = [{} for _ in items]
     errors: list[str | None] = [None] * len(items)
     ml.model.eval()  # as the sequential LoRA path (set_train_mode): no base dropout
@@ -241,7 +244,7 @@ def train_adapters(ml: MultiLoRA, items: list[list[TrainingItem]]) -> list[tuple
                     p.grad = None  # AdamW skips parameters without a gradient
                 continue
             if a.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(ml.params[e], a.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(ml.params[e], a.max_grad_norm, foreach=True)
             losses[e].setdefault(plans[e][step][0], []).append(value)
         opt.step()
     ml.model.eval()

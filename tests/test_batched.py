@@ -144,3 +144,23 @@ def test_pool_chunks_and_persists_per_edit(make_student, task):
     assert events == [("llama-t", 2), ("gpt2-t", 2), keys[0], keys[1], ("llama-t", 1), ("gpt2-t", 1), keys[2]]
     assert [r.edit.key for r in results] == keys
     assert all(r.per_student[n].adapted is not None for r in results for n in ("llama-t", "gpt2-t"))
+
+
+@pytest.mark.slow
+def test_inner_loop_benchmark_quick(tmp_path, capsys):
+    """benchmarks/inner_loop.py --quick runs end to end, writes its JSON and ends with the speedup line."""
+    import importlib.util
+    import json
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("inner_loop", ROOT / "benchmarks" / "inner_loop.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "inner_loop.json"
+    bench.main(["--quick", "--repeats", "1", "--out", str(out)])
+    results = json.loads(out.read_text())
+    row = results["students"]["~5M"]["E"]["8"]
+    assert row["teachedit_flops"] > 0 and row["seal_style_edits_per_s"] > 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"speedup_vs_sequential@8: {results['speedup_vs_sequential@8']:.2f}"
