@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from orchestrator.config import StudentConfig
+from orchestrator.config import AdaptConfig, StudentConfig
 from orchestrator.records import Context, StudentOutcome, StudentScore
 from orchestrator.tasks.base import TrainingItem
 from student.scoring import score_context
@@ -50,6 +50,9 @@ class Student:
 
     # -- scoring -------------------------------------------------------------------------------------------
     def score(self, context: Context) -> StudentScore:
+        hook = getattr(self.task, "score", None)  # a task that scores its own way (ARC: exact grid match)
+        if callable(hook):
+            return hook(self.model, self.tok, context, self.cfg.max_new_tokens, self.cfg.eval_batch_size)
         return score_context(
             self.model, self.tok, self.task, context, self.cfg.max_new_tokens, self.cfg.eval_batch_size
         )
@@ -64,11 +67,14 @@ class Student:
     def evaluate_edit(self, edit_text: str, context: Context, seed: int) -> StudentOutcome:
         """Adapt to the edit, score without the context, restore. Failures give a recorded zero reward."""
         base = self.baseline(context)
-        items = self.task.training_items(edit_text, context, self.cfg.adapt.include_context)
+        try:
+            items, adapt = self.training_plan(edit_text, context, seed)
+        except ValueError as exc:  # the task rejected the edit, e.g. an invalid ARC directive
+            return StudentOutcome(base, None, 0.0, error=str(exc))
         if not items or all(not (it.completion.strip()) for it in items):
             return StudentOutcome(base, None, 0.0, error="edit has no usable text")
         try:
-            with self.adapted(items, seed) as loss:
+            with self.adapted(items, seed, adapt) as loss:
                 adapted = self.score(context)
         except EditError as exc:
             return StudentOutcome(base, None, 0.0, error=str(exc))
@@ -79,13 +85,27 @@ class Student:
             )
         return StudentOutcome(base, adapted, 0.0, train_loss=loss)
 
-    def adapted(self, items: list[TrainingItem], seed: int) -> _Adapted:
-        """Context manager: inside, the student is adapted to ``items``; on exit it is the base again."""
-        return _Adapted(self, items, seed)
+    def training_plan(
+        self, edit_text: str, context: Context, seed: int
+    ) -> tuple[list[TrainingItem], AdaptConfig]:
+        """The edit's training items and the settings to train on them with. A task may provide
+        ``training_items_for(edit_text, context, adapt, seed) -> (items, adapt)`` (ARC: items and per-edit
+        learning rate / epochs from the teacher's directive); it raises ValueError for an unusable edit."""
+        hook = getattr(self.task, "training_items_for", None)
+        if callable(hook):
+            return hook(edit_text, context, self.cfg.adapt, seed)
+        return self.task.training_items(edit_text, context, self.cfg.adapt.include_context), self.cfg.adapt
 
-    def train_items(self, model: Any, items: list[TrainingItem], seed: int) -> float:
+    def adapted(self, items: list[TrainingItem], seed: int, adapt: AdaptConfig | None = None) -> _Adapted:
+        """Context manager: inside, the student is adapted to ``items`` (with ``adapt``, default the
+        student's own settings); on exit it is the base again."""
+        return _Adapted(self, items, seed, adapt or self.cfg.adapt)
+
+    def train_items(
+        self, model: Any, items: list[TrainingItem], seed: int, adapt: AdaptConfig | None = None
+    ) -> float:
         """Train ``model``'s trainable parameters on ``items``. Returns the mean loss of the last epoch."""
-        a = self.cfg.adapt
+        a = adapt or self.cfg.adapt
         device = next(model.parameters()).device
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=a.learning_rate, weight_decay=0.0)
@@ -121,12 +141,12 @@ class Student:
 class _Adapted:
     """Adapt on enter, restore bit-exactly on exit (also on error)."""
 
-    def __init__(self, student: Student, items: list[TrainingItem], seed: int):
-        self.s, self.items, self.seed = student, items, seed
+    def __init__(self, student: Student, items: list[TrainingItem], seed: int, adapt: AdaptConfig):
+        self.s, self.items, self.seed, self.a = student, items, seed, adapt
         self._snapshot: dict[str, torch.Tensor] | None = None
 
     def __enter__(self) -> float:
-        s, a = self.s, self.s.cfg.adapt
+        s, a = self.s, self.a
         torch.manual_seed(self.seed)
         if a.method == "lora":
             from peft import LoraConfig, get_peft_model
@@ -146,7 +166,7 @@ class _Adapted:
             for p in s.model.parameters():
                 p.requires_grad_(True)
         try:
-            loss = s.train_items(s.model, self.items, self.seed)
+            loss = s.train_items(s.model, self.items, self.seed, a)
         except BaseException:
             self._restore()
             raise
@@ -160,7 +180,7 @@ class _Adapted:
 
     def _restore(self) -> None:
         s = self.s
-        if s.cfg.adapt.method == "lora":
+        if self.a.method == "lora":
             from peft import PeftModel
 
             if isinstance(s.model, PeftModel):
