@@ -194,12 +194,14 @@ def inner_loop_items(
     if len(train) < 2:
         raise ValueError(f"the task has {len(train)} demonstration pair(s); leave-one-out needs at least 2")
     per_family = caps.max_per_family or None
-    versions = [list(train)] + [pairs for _, pairs in augment_pairs(train, d.families, rng, per_family)]
-    if d.families:
-        for _ in range(caps.colour_permutations):
-            versions += [_permute_pairs(v, random_colour_permutation(rng)) for v in versions[1:]]
-    base = [episode_item(demos, q) for demos, q in leave_one_out(versions[0])]
-    extra = [episode_item(demos, q) for v in versions[1:] for demos, q in leave_one_out(v)]
+    augmented = [pairs for _, pairs in augment_pairs(train, d.families, rng, per_family)]
+    coloured = [
+        _permute_pairs(v, random_colour_permutation(rng))
+        for _ in range(caps.colour_permutations if d.families else 0)
+        for v in [list(train), *augmented]
+    ]
+    base = [episode_item(demos, q) for demos, q in leave_one_out(train)]
+    extra = [episode_item(demos, q) for v in augmented + coloured for demos, q in leave_one_out(v)]
     rng.shuffle(extra)
     items = [it for it in dict.fromkeys(base + extra) if item_chars(it) <= max_chars]
     if not items:
@@ -367,7 +369,7 @@ class ArcFewShotTask:
 
     def _contexts(self, split: str, tasks: list[ArcTask], n: int) -> list[Context]:
         if len(tasks) < n:
-            log.warning(
+            log.info(
                 "ARC %s split: %d task(s) fit task.arc.max_tokens=%d, fewer than the %d asked for; using %d",
                 split,
                 len(tasks),
@@ -422,7 +424,8 @@ class ArcFewShotTask:
     def training_items(self, edit_text: str, context: Context, include_context: bool) -> list[TrainingItem]:
         """The Task protocol's form: the directive's items under default settings (the pairs are the
         training data, so ``include_context`` adds nothing)."""
-        return self.training_items_for(edit_text, context, AdaptConfig(), 0)[0]
+        adapt = AdaptConfig(max_length=self.settings.max_tokens)
+        return self.training_items_for(edit_text, context, adapt, 0)[0]
 
     def score(
         self, model: Any, tok: Any, context: Context, max_new_tokens: int, batch_size: int
