@@ -218,10 +218,18 @@ class ShardedStudent(Student):
 
     # -- one edit ------------------------------------------------------------------------------------------
     @contextmanager
-    def adapted(self, items: list[TrainingItem], seed: int) -> Iterator[float]:  # type: ignore[override]
+    def adapted(  # type: ignore[override]
+        self, items: list[TrainingItem], seed: int, adapt: Any = None
+    ) -> Iterator[float]:
         """Inside: the student is adapted to ``items`` (``self.model`` is the adapted model, its engine alive
         for scoring); on exit the engine is destroyed and the base restored bit-exactly (the adapter unloaded,
         or the rank's saved partitions copied back after full fine-tuning)."""
+        if adapt is not None and adapt != self.cfg.adapt:
+            # The DeepSpeed engine is configured from the student's own settings; per-edit settings (an ARC
+            # directive's learning rate / epochs) would need an engine per edit: refused, recorded as a zero.
+            raise EditError(
+                "per-edit training settings are not supported for sharded students (sharding: none)"
+            )
         a, base = self.cfg.adapt, self.model
         with self._zero3():
             torch.manual_seed(seed)

@@ -29,6 +29,19 @@ import torch
 from .conftest import CACHE, CONFIGS, ROOT
 
 TOL = 1e-5
+
+
+def _close(a: object, b: object) -> bool:
+    """Equal structures, floats within TOL (unsharded LoRA edits go through the batched loop)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= TOL
+    return a == b
+
+
 LAUNCH_TIMEOUT = 900  # seconds; a deadlock fails the test instead of hanging the suite
 
 
@@ -221,7 +234,9 @@ def test_uneven_edits_do_not_deadlock_and_match_one_process(worker):
         assert [d["sharding"] for d in pool["describe"]] == ["zero3", "none"]
     ref = worker[0]["reference"]
     for got, want in zip(r0["results"], ref):
-        assert got["gpt2-t"] == want["gpt2-t"], "unsharded: identical to one process"
+        # Unsharded edits are batched per rank (student/batched.py), so a rank's adapter groups differ from one
+        # process's: equal within the batched loop's tolerance, not bit for bit.
+        assert _close(got["gpt2-t"], want["gpt2-t"]), "unsharded: equal to one process"
         g, w = got["llama-t"], want["llama-t"]
         assert g["error"] == w["error"] and g["adapted_em"] == w["adapted_em"]
         for key in ("baseline_logprob", "adapted_logprob", "train_loss"):
@@ -317,7 +332,7 @@ def test_two_rank_rewards_equal_one_process(runs):
         r1 = one[key]
         assert r2["edit"]["text"] == r1["edit"]["text"], "rank 0 sampled the same edits"
         assert abs(r2["reward"] - r1["reward"]) <= TOL, key
-        assert r2["per_student"]["gpt2-t"] == r1["per_student"]["gpt2-t"], "unsharded: identical"
+        assert _close(r2["per_student"]["gpt2-t"], r1["per_student"]["gpt2-t"]), "unsharded: equal within TOL"
         for name in ("llama-t", "gpt2-t"):
             a2, a1 = r2["per_student"][name], r1["per_student"][name]
             assert a2["baseline"] == a1["baseline"]
