@@ -34,6 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from orchestrator import faults
 from orchestrator.records import Context, StudentOutcome, StudentScore
 from orchestrator.tasks.base import TrainingItem
 from student.scoring import aggregate_score, gold_logprobs, greedy_answers
@@ -247,6 +248,7 @@ def train_adapters(ml: MultiLoRA, items: list[list[TrainingItem]]) -> list[tuple
                 torch.nn.utils.clip_grad_norm_(ml.params[e], a.max_grad_norm, foreach=True)
             losses[e].setdefault(plans[e][step][0], []).append(value)
         opt.step()
+        faults.point("adapt")  # test-only fault injection (orchestrator/faults.py), as in the sequential loop
     ml.model.eval()
     return [
         (None, err) if err is not None else (_mean(losses[e][a.epochs - 1]), None)

@@ -33,6 +33,10 @@ TINY = [
     "reward.score=logprob",
     "algorithm.threshold=-1000",
     "algorithm.rounds=1",
+    # One edit at a time, so each kill point lands between known records. The batched loop's records are
+    # persisted per chunk through the same path (tests/test_batched.py checks chunked persistence).
+    "students.0.adapt.edit_batch_size=1",
+    "students.1.adapt.edit_batch_size=1",
 ]
 EDITS_PER_ROUND = (2 + 1) * 2  # (train + held-out contexts) x 2 edits
 
