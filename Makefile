@@ -37,5 +37,8 @@ format: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+bench: venv
+	$(BIN)/python benchmarks/inner_loop.py
+
 clean:
 	rm -rf $(VENV) .cache runs .pytest_cache .ruff_cache *.egg-info

@@ -79,6 +79,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from orchestrator.config import load_config
+    from orchestrator.protocols import EvalRequest, create_eval_dir, markdown_table, plan_eval, run_eval
+
+    cfg = load_config(args.config, args.overrides)
+    sources = [s.strip() for s in args.sources.split(",") if s.strip()]
+    req = EvalRequest(
+        data=args.data,
+        edits=list(args.edits or []),
+        limit=args.limit,
+        protocol=args.protocol,
+        n=args.n,
+        k=args.k,
+        sources=sources,
+        name=args.name,
+        metric=args.metric,
+    )
+    _setup_logging(args.verbose)
+    plan = plan_eval(cfg, req)  # bad input fails here, before a directory is created
+    rd = create_eval_dir(cfg, req)
+    _setup_logging(args.verbose, rd.path / "eval.log")
+    _quiet_libraries()
+    print(f"eval directory: {rd.path}")
+    outcome = run_eval(cfg, req, rd, plan)
+    print()
+    print(markdown_table(outcome.rows))
+    print()
+    extra = " forgetting.json, forgetting.png," if req.protocol == "continual" else ""
+    print(
+        f"{req.protocol} protocol on {outcome.passages} passages in {outcome.seconds:.0f}s; "
+        f"results in {outcome.path}/ (eval.json, eval.md,{extra} updates.jsonl)"
+    )
+    return 0
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     """Build (or find) the config's tiny models, e.g. once before a multi-node launch."""
     from orchestrator.config import load_config
@@ -140,6 +175,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from orchestrator.config import load_config
+    from orchestrator.sweep import check_sweep, run_sweep, sweep_dir
+
+    cfg = load_config(args.config, args.overrides)
+    check_sweep(cfg)  # config errors before any model is built
+    path = sweep_dir(cfg)
+    path.mkdir(parents=True, exist_ok=True)
+    _setup_logging(args.verbose, path / "sweep.log")
+    _quiet_libraries()
+    print(f"sweep directory: {path}")
+    outcome = run_sweep(cfg)
+    print()
+    print(outcome.table)
+    print(
+        f"{outcome.computed} cell(s) computed, {outcome.reused} reused from the cache, in {outcome.seconds:.0f}s; "
+        f"results in {outcome.path}/ (sweep.json, sweep.md, heatmap.png, cells/, edits/)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="teachedit", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -168,7 +224,48 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("runs", nargs="+", metavar="RUN", help="run directories (each holds summary.json)")
     compare.add_argument("--out", metavar="FILE.png", help="write the comparison plot here")
     compare.set_defaults(fn=cmd_compare)
+    _add_eval_parser(sub)
+    _add_sweep_parser(sub)
     return p
+
+
+def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
+    sw = sub.add_parser(
+        "sweep",
+        help="edit sources x students x protocols (+ logit distillation), cached per cell; gain heatmap",
+    )
+    sw.add_argument("config", help="YAML config with a sweep: section, e.g. configs/sweep_tiny.yaml")
+    sw.add_argument(
+        "overrides", nargs="*", help="key=value overrides, e.g. students.0.model.tiny.family=qwen2"
+    )
+    sw.set_defaults(fn=cmd_sweep)
+
+
+def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate every student of CONFIG on SEAL-format passages: base, passage, teacher, edit files",
+    )
+    ev.add_argument(
+        "config", help="YAML config naming the students (and teacher), e.g. configs/squad_tiny.yaml"
+    )
+    ev.add_argument("overrides", nargs="*", help="key=value overrides, e.g. run.output_dir=runs")
+    ev.add_argument("--data", required=True, help="SEAL-format JSON: [{title, context, questions}]")
+    ev.add_argument(
+        "--edits", nargs="+", metavar="PATH", help="SEAL-format edit files (records with 'completions')"
+    )
+    ev.add_argument("--limit", type=int, default=0, help="evaluate the first N passages (0: all)")
+    ev.add_argument("--protocol", default="single", choices=["single", "cpt", "continual"])
+    ev.add_argument("--n", type=int, default=0, help="cpt: passages per update; continual: steps (0: all)")
+    ev.add_argument("--k", type=int, default=0, help="edits used per passage (0: all; continual: 1)")
+    ev.add_argument(
+        "--sources", default="base,passage,teacher,edits", help="comma list of base,passage,teacher,edits"
+    )
+    ev.add_argument("--name", help="output directory under run.output_dir (default eval-<protocol>-<time>)")
+    ev.add_argument(
+        "--metric", default="gold_logprob", choices=["em", "f1", "gold_logprob"], help="continual heatmap"
+    )
+    ev.set_defaults(fn=cmd_eval)
 
 
 def main(argv: list[str] | None = None) -> int:

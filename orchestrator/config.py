@@ -40,6 +40,13 @@ class TinyModelSpec:
     pretrain_lr: float = field(default=3e-3, metadata={"help": "Peak learning rate of tiny pretraining."})
     pretrain_batch_size: int = field(default=32, metadata={"help": "Sequences per pretraining step."})
     seed: int = field(default=0, metadata={"help": "Seed of the tokenizer corpus, init and pretraining."})
+    tokenizer_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "Reuse this folder's tokenizer instead of training one, to share its vocabulary (logit "
+            "distillation needs it); 'teacher' means the config's teacher (resolved by `teachedit sweep`)."
+        },
+    )
 
 
 @dataclass
@@ -89,6 +96,13 @@ class AdaptConfig:
         metadata={"help": "completion: mask prompt tokens out of the labels; all: train on every token."},
     )
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping; 0 disables."})
+    edit_batch_size: int = field(
+        default=8,
+        metadata={
+            "help": "LoRA edits adapted and scored together, one pass over the frozen base per step; same "
+            "results as one at a time (1), faster, memory grows with it. Full fine-tuning goes one at a time."
+        },
+    )
 
 
 @dataclass
@@ -260,6 +274,95 @@ class RunConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """A local causal LM that grades no-context answers yes/no, like SEAL's grader (never a paid API)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    use_chat_template: str = field(
+        default="auto", metadata={"help": "auto (if the tokenizer has one) | always | never"}
+    )
+    batch_size: int = field(default=16, metadata={"help": "Grading prompts per forward pass."})
+
+
+@dataclass
+class DistillConfig:
+    """The logit-distillation baseline row of `teachedit sweep` (TRL's GKDTrainer; students sharing the
+    teacher's tokenizer only). The student's adapt section sets LoRA/full, learning rate, epochs, batch size."""
+
+    enabled: bool = field(default=False, metadata={"help": "Add the distillation row to the sweep."})
+    teacher: str = field(
+        default="teacher",
+        metadata={"help": "Distil from: 'teacher' (the config's) or 'teacher:PATH' (e.g. a run's round)."},
+    )
+    beta: float = field(
+        default=0.5,
+        metadata={"help": "Generalized JSD: 0 forward KL, 1 reverse KL, 0.5 JSD (GKDConfig.beta)."},
+    )
+    lmbda: float = field(
+        default=0.0,
+        metadata={"help": "Fraction of steps on student-generated completions (0: on the teacher's edits)."},
+    )
+    seq_kd: bool = field(
+        default=False, metadata={"help": "Let the teacher sample fresh completions each step (GKD seq_kd)."}
+    )
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of on-policy steps."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Longest on-policy completion in tokens."})
+
+
+@dataclass
+class SweepConfig:
+    """`teachedit sweep`: edit sources x students x protocols, each cell cached under the sweep directory."""
+
+    data: str | None = field(
+        default=None,
+        metadata={"help": "SEAL-format passages scored; null uses the bundled SQuAD dev subset."},
+    )
+    limit: int = field(
+        default=8, metadata={"help": "Passages evaluated (the first N covered by every file)."}
+    )
+    sources: dict[str, str | None] = field(
+        default_factory=dict,
+        metadata={
+            "help": "name -> 'passage' | 'teacher' (the config's) | 'teacher:CHECKPOINT_DIR' | 'edits:FILE.json'; "
+            "null drops a source the YAML lists (sweep.sources.NAME=null)"
+        },
+    )
+    students: list[str] = field(
+        default_factory=list, metadata={"help": "Names from `students` in the sweep; empty means all."}
+    )
+    protocols: list[str] = field(
+        default_factory=lambda: ["single", "cpt"], metadata={"help": "single | cpt (see `teachedit eval`)."}
+    )
+    cpt_n: int = field(default=4, metadata={"help": "cpt: passages per update."})
+    k: int = field(default=0, metadata={"help": "Edits per passage used (0: all)."})
+    metric: str = field(
+        default="gold_logprob",
+        metadata={"help": "Gain shown in the table and heatmap: gold_logprob | em | f1."},
+    )
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    pools: dict[str, list[str]] = field(
+        default_factory=dict,
+        metadata={"help": "Student pools for held-out transfer, e.g. {A: [llama-s], B: [gpt2-s, qwen2-s]}."},
+    )
+    teacher_run: str | None = field(
+        default=None,
+        metadata={
+            "help": "A `teachedit run` directory: each teacher/round_k becomes a source '<run>/round_k'."
+        },
+    )
+    teacher_pool: str | None = field(
+        default=None,
+        metadata={
+            "help": "The pool teacher_run trained against; if teacher_run does not exist yet the sweep trains "
+            "it first (algorithm/task of this config, students of that pool)."
+        },
+    )
+    name: str | None = field(
+        default=None, metadata={"help": "Sweep directory under run.output_dir; null uses run.name."}
+    )
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -267,6 +370,13 @@ class Config:
     students: list[StudentConfig] = field(default_factory=list)
     reward: RewardConfig = field(default_factory=RewardConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    judge: JudgeConfig | None = field(
+        default=None, metadata={"help": "Optional yes/no grader used by `teachedit eval`; null disables it."}
+    )
+    sweep: SweepConfig = field(
+        default_factory=SweepConfig,
+        metadata={"help": "`teachedit sweep` settings (ignored by other commands)."},
+    )
 
 
 def _merge_students(current: list[Any], raw: Any) -> list[Any]:
@@ -423,6 +533,7 @@ def validate(cfg: Config) -> None:
         _check(a.batch_size >= 1, f"{where}.adapt.batch_size", "must be >= 1")
         _check(a.max_length >= 2, f"{where}.adapt.max_length", "must be >= 2 tokens")
         _check(a.max_sequences >= 1, f"{where}.adapt.max_sequences", "must be >= 1")
+        _check(a.edit_batch_size >= 1, f"{where}.adapt.edit_batch_size", "must be >= 1 (1 = one at a time)")
         _check(a.lora_r >= 1, f"{where}.adapt.lora_r", "must be >= 1")
         _check(a.loss_on in ("completion", "all"), f"{where}.adapt.loss_on", "use completion or all")
         _check(s.weight >= 0, f"{where}.weight", "must be >= 0")
@@ -449,6 +560,14 @@ def validate(cfg: Config) -> None:
     _check(cfg.algorithm.keep in ("best_of_k", "threshold"), "algorithm.keep", "use best_of_k or threshold")
     if cfg.algorithm.name == "grpo":
         _check_grpo(cfg)
+    if cfg.judge is not None:
+        _check_model(cfg.judge.model, "judge.model")
+        _check(cfg.judge.batch_size >= 1, "judge.batch_size", "must be >= 1")
+        _check(
+            cfg.judge.use_chat_template in ("auto", "always", "never"),
+            "judge.use_chat_template",
+            "use auto, always or never",
+        )
 
 
 def _check_grpo(cfg: Config) -> None:

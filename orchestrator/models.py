@@ -113,7 +113,7 @@ def build_tiny(spec: TinyModelSpec, task: Any, cache_dir: Path) -> Path:
     torch.manual_seed(spec.seed)
     n_docs = max(2000, spec.pretrain_steps * spec.pretrain_batch_size)
     docs = _corpus(spec, task, n_docs)
-    tok = train_tokenizer([p + c for p, c in docs][:20000], spec.vocab_size)
+    tok = shared_tokenizer(spec) or train_tokenizer([p + c for p, c in docs][:20000], spec.vocab_size)
     model = tiny_model(spec, tok)
     if spec.pretrain != "none" and spec.pretrain_steps > 0:
         from teacher.training import sft_train
@@ -143,6 +143,17 @@ def build_tiny(spec: TinyModelSpec, task: Any, cache_dir: Path) -> Path:
     except OSError:  # another process built it first
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def shared_tokenizer(spec: TinyModelSpec) -> Any:
+    """The tokenizer of ``spec.tokenizer_from`` (a model folder), or None to train one."""
+    if spec.tokenizer_from is None:
+        return None
+    if spec.tokenizer_from == "teacher":
+        raise ModelLoadError(
+            "tiny.tokenizer_from=teacher is resolved by `teachedit sweep` only; elsewhere give the teacher's folder"
+        )
+    return load_tokenizer(spec.tokenizer_from, ModelConfig())
 
 
 def _corpus(spec: TinyModelSpec, task: Any, n: int) -> list[tuple[str, str]]:

@@ -64,17 +64,24 @@ class StudentPool:
         progress: bool = False,
         desc: str = "adapting students",
     ) -> list[EditResult]:
-        """Adapt each student to each edit, score, restore. ``on_result`` is called as each edit completes
-        (the orchestrator persists it there). Rewards are left at 0 for the reward function to fill."""
+        """Adapt each student to each edit, score, restore. Edits go in chunks of the largest
+        ``adapt.edit_batch_size`` (each student batches LoRA edits up to its own size); ``on_result`` is called
+        for each edit as its chunk completes (the orchestrator persists it there). Rewards are left at 0 for
+        the reward function to fill."""
         results = []
-        for edit in tqdm(edits, desc=desc, disable=not progress, unit="edit"):
-            context = contexts[edit.context_id]
-            result = EditResult(edit=edit)
-            for s in self.students:
-                result.per_student[s.name] = s.evaluate_edit(
-                    edit.text, context, edit_seed(run_seed, edit, s.name)
-                )
-            if on_result is not None:
-                on_result(result)
-            results.append(result)
+        size = max(s.edit_batch_size for s in self.students)
+        with tqdm(total=len(edits), desc=desc, disable=not progress, unit="edit") as bar:
+            for start in range(0, len(edits), size):
+                chunk = edits[start : start + size]
+                texts, ctxs = [e.text for e in chunk], [contexts[e.context_id] for e in chunk]
+                per_student = {
+                    s.name: s.evaluate_edits(texts, ctxs, [edit_seed(run_seed, e, s.name) for e in chunk])
+                    for s in self.students
+                }
+                for i, edit in enumerate(chunk):
+                    result = EditResult(edit=edit, per_student={n: o[i] for n, o in per_student.items()})
+                    if on_result is not None:
+                        on_result(result)
+                    results.append(result)
+                bar.update(len(chunk))
         return results

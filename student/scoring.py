@@ -102,6 +102,11 @@ def score_context(
     golds = [q.answer for q in context.questions]
     preds = greedy_answers(model, tok, prompts, max_new_tokens, batch_size)
     lps = gold_logprobs(model, tok, prompts, golds, batch_size)
+    return aggregate_score(preds, golds, lps)
+
+
+def aggregate_score(preds: list[str], golds: list[str], lps: list[float]) -> StudentScore:
+    """One context's score from its questions' greedy answers and gold log-probabilities."""
     n = len(golds)
     return StudentScore(
         em=sum(exact_match(p, g) for p, g in zip(preds, golds)) / n,

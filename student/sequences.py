@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,9 +45,12 @@ def _prefix(tok: Any) -> list[int]:
 
 def collate(tok: Any, items: list[TrainingItem], max_length: int, loss_on: str = "completion") -> Batch:
     """Right-pad a list of items; padding gets attention 0 and label IGNORE."""
-    encoded = [encode_item(tok, it, max_length, loss_on) for it in items]
+    return pad_batch([encode_item(tok, it, max_length, loss_on) for it in items], tok.pad_token_id)
+
+
+def pad_batch(encoded: list[tuple[list[int], list[int]]], pad: int) -> Batch:
+    """Right-pad ``(input_ids, labels)`` pairs from :func:`encode_item` into a :class:`Batch`."""
     width = max(len(ids) for ids, _ in encoded)
-    pad = tok.pad_token_id
     input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
     attention = torch.zeros((len(encoded), width), dtype=torch.long)
     labels = torch.full((len(encoded), width), IGNORE, dtype=torch.long)
@@ -88,3 +92,16 @@ def fit_items(
     if empty:
         notes.append(f"dropped {empty} sequence(s) with no trained token within adapt.max_length")
     return kept, "; ".join(notes) or None
+
+
+def batch_schedule(n_items: int, epochs: int, batch_size: int, seed: int) -> list[list[list[int]]]:
+    """The inner loop's data order, ``[epoch][step] -> item indices``: each epoch shuffles the indices with
+    ``random.Random(seed)`` (the same list, shuffled again) and cuts them into batches of ``batch_size``.
+    Sequential and batched adaptation both follow it, so an edit sees the same batches in both."""
+    rng = random.Random(seed)
+    order = list(range(n_items))
+    schedule = []
+    for _ in range(epochs):
+        rng.shuffle(order)
+        schedule.append([order[i : i + batch_size] for i in range(0, n_items, batch_size)])
+    return schedule

@@ -2,25 +2,25 @@
 
 The inner loop is a small hand-written torch loop rather than an HF ``Trainer``: a Trainer per edit costs
 more to construct than the ~10-50 steps it runs (SEAL builds one per request), and the batched multi-edit
-loop that replaces it needs direct control of the step. Adapters come from peft; after scoring,
-``unload()`` returns the base weights bit for bit (tested), and full fine-tuning restores a saved copy.
+loop (:mod:`student.batched`, used by :meth:`Student.evaluate_edits` for LoRA) needs direct control of the
+step. Adapters come from peft; after scoring, ``unload()`` returns the base weights bit for bit (tested), and
+full fine-tuning restores a saved copy.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
 from typing import Any
 
 import torch
 
 from orchestrator import faults
-from orchestrator.config import StudentConfig
+from orchestrator.config import AdaptConfig, StudentConfig
 from orchestrator.records import Context, StudentOutcome, StudentScore
 from orchestrator.tasks.base import TrainingItem
 from student.scoring import score_context
-from student.sequences import clean_text, collate, fit_items
+from student.sequences import batch_schedule, clean_text, collate, fit_items
 
 log = logging.getLogger(__name__)
 
@@ -64,28 +64,60 @@ class Student:
         return self._baselines[context.id]
 
     # -- one edit ------------------------------------------------------------------------------------------
-    def evaluate_edit(self, edit_text: str, context: Context, seed: int) -> StudentOutcome:
-        """Adapt to the edit, score without the context, restore. Failures give a recorded zero reward."""
-        base, a = self.baseline(context), self.cfg.adapt
+    def usable_items(
+        self, edit_text: str, context: Context
+    ) -> tuple[list[TrainingItem], str | None, str | None]:
+        """``(items, error, note)``: the edit's inner-loop training sequences fitted to adapt.max_length and
+        adapt.max_sequences; ``error`` says why the edit cannot be used (items then empty), ``note`` what was cut."""
+        a = self.cfg.adapt
         try:
             items = self.task.training_items(clean_text(edit_text), context, a.include_context)
         except ValueError as exc:  # the task refuses the edit, e.g. an ARC directive that is not valid JSON
-            return StudentOutcome(base, None, 0.0, error=f"edit rejected by the task: {exc}")
+            return [], f"edit rejected by the task: {exc}", None
         if not items or all(not (it.completion.strip()) for it in items):
-            return StudentOutcome(base, None, 0.0, error="edit has no usable text")
+            return [], NO_USABLE_TEXT, None
         items, note = fit_items(self.tok, items, a.max_length, a.max_sequences, a.loss_on)
         if not items:
-            return StudentOutcome(base, None, 0.0, error="edit has no trainable token", note=note)
+            return [], "edit has no trainable token", note
+        return items, None, note
+
+    def evaluate_edit(self, edit_text: str, context: Context, seed: int) -> StudentOutcome:
+        """Adapt to the edit, score without the context, restore. Failures give a recorded zero reward."""
+        base = self.baseline(context)
+        items, error, note = self.usable_items(edit_text, context)
+        if error is not None:
+            return StudentOutcome(base, None, 0.0, error=error, note=note)
         try:
             with self.adapted(items, seed) as loss:
                 adapted = self.score(context)
         except EditError as exc:
             return StudentOutcome(base, None, 0.0, error=str(exc), note=note)
         except torch.OutOfMemoryError:
-            _free_memory()
+            free_memory()
             error = "out of memory while adapting or scoring; lower adapt.batch_size or eval_batch_size"
             return StudentOutcome(base, None, 0.0, error=error, note=note)
         return StudentOutcome(base, adapted, 0.0, train_loss=loss, note=note)
+
+    # -- several edits -------------------------------------------------------------------------------------
+    @property
+    def edit_batch_size(self) -> int:
+        """Edits adapted together: ``adapt.edit_batch_size`` for LoRA; full fine-tuning goes one at a time."""
+        return self.cfg.adapt.edit_batch_size if self.cfg.adapt.method == "lora" else 1
+
+    def evaluate_edits(
+        self, edit_texts: list[str], contexts: list[Context], seeds: list[int]
+    ) -> list[StudentOutcome]:
+        """:meth:`evaluate_edit` for each edit, with the same results; LoRA edits are adapted and scored in
+        batches of :attr:`edit_batch_size` (:mod:`student.batched`)."""
+        n = self.edit_batch_size
+        if n <= 1:
+            return [self.evaluate_edit(t, c, s) for t, c, s in zip(edit_texts, contexts, seeds)]
+        from student.batched import evaluate_batch
+
+        out: list[StudentOutcome] = []
+        for i in range(0, len(edit_texts), n):
+            out += evaluate_batch(self, edit_texts[i : i + n], contexts[i : i + n], seeds[i : i + n])
+        return out
 
     def adapted(self, items: list[TrainingItem], seed: int) -> _Adapted:
         """Context manager: inside, the student is adapted to ``items``; on exit it is the base again."""
@@ -97,24 +129,17 @@ class Student:
         device = next(model.parameters()).device
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=a.learning_rate, weight_decay=0.0)
-        rng = random.Random(seed)
-        order = list(range(len(items)))
-        model.train()
+        set_train_mode(model, a.method)
         last = float("nan")
-        for _ in range(a.epochs):
-            rng.shuffle(order)
+        for epoch in batch_schedule(len(items), a.epochs, a.batch_size, seed):
             losses = []
-            for i in range(0, len(order), a.batch_size):
-                batch = collate(
-                    self.tok, [items[j] for j in order[i : i + a.batch_size]], a.max_length, a.loss_on
-                ).to(device)
+            for idx in epoch:
+                batch = collate(self.tok, [items[j] for j in idx], a.max_length, a.loss_on).to(device)
                 out = model(
                     input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels
                 )
                 if not torch.isfinite(out.loss):
-                    raise EditError(
-                        f"non-finite inner-loop loss ({out.loss.item()}); lower adapt.learning_rate"
-                    )
+                    raise EditError(non_finite_loss(out.loss.item()))
                 opt.zero_grad(set_to_none=True)
                 out.loss.backward()
                 if a.max_grad_norm > 0:
@@ -138,18 +163,9 @@ class _Adapted:
         s, a = self.s, self.s.cfg.adapt
         torch.manual_seed(self.seed)
         if a.method == "lora":
-            from peft import LoraConfig, get_peft_model
+            from peft import get_peft_model
 
-            targets: Any = "all-linear" if a.target_modules == ["all-linear"] else list(a.target_modules)
-            cfg = LoraConfig(
-                r=a.lora_r,
-                lora_alpha=a.lora_alpha,
-                lora_dropout=a.lora_dropout,
-                target_modules=targets,
-                task_type="CAUSAL_LM",
-                fan_in_fan_out=s.model_type == "gpt2",
-            )  # GPT-2 stores Conv1D weights transposed
-            s.model = get_peft_model(s.model, cfg)
+            s.model = get_peft_model(s.model, lora_config(a, s.model_type))
         else:
             self._snapshot = {k: v.detach().clone() for k, v in s.model.state_dict().items()}
             for p in s.model.parameters():
@@ -161,7 +177,7 @@ class _Adapted:
             raise
         if not math.isfinite(loss):
             self._restore()
-            raise EditError(f"non-finite inner-loop loss ({loss}); lower adapt.learning_rate")
+            raise EditError(non_finite_loss(loss))
         return loss
 
     def __exit__(self, *exc: object) -> None:
@@ -182,6 +198,43 @@ class _Adapted:
         s.model.eval()
 
 
-def _free_memory() -> None:
+NO_USABLE_TEXT = "edit has no usable text"
+
+
+def non_finite_loss(value: float) -> str:
+    return f"non-finite inner-loop loss ({value}); lower adapt.learning_rate"
+
+
+def lora_config(a: AdaptConfig, model_type: str) -> Any:
+    """The peft ``LoraConfig`` of a student's inner loop (shared by the sequential and batched paths)."""
+    from peft import LoraConfig
+
+    targets: Any = "all-linear" if a.target_modules == ["all-linear"] else list(a.target_modules)
+    return LoraConfig(
+        r=a.lora_r,
+        lora_alpha=a.lora_alpha,
+        lora_dropout=a.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+        fan_in_fan_out=model_type == "gpt2",  # GPT-2 stores Conv1D weights transposed
+    )
+
+
+def set_train_mode(model: Any, method: str) -> None:
+    """Full fine-tuning trains in train mode (the model's own dropout on). LoRA keeps the frozen base in eval
+    mode, only the adapters' own dropout (``adapt.lora_dropout``) active: base dropout would draw masks from
+    the global RNG stream, so an edit's result would depend on which other edits share its batch."""
+    if method != "lora":
+        model.train()
+        return
+    from peft.tuners.lora import LoraLayer
+
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, LoraLayer):
+            m.lora_dropout.train()
+
+
+def free_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

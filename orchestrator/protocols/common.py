@@ -1,0 +1,210 @@
+"""What every protocol shares: per-question answers, one update's record, and "update, score, restore"."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from orchestrator.protocols.data import Source
+from orchestrator.records import Context, json_safe
+from orchestrator.tasks.base import TrainingItem
+from student.scoring import exact_match, gold_logprobs, greedy_answers, token_f1
+from student.sequences import clean_text, fit_items
+from student.student import EditError
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A student's no-context answer to one question."""
+
+    context_id: str
+    question_index: int
+    question: str
+    gold: str
+    prediction: str
+    em: float
+    f1: float
+    logprob: float  # mean per-token log-probability of the gold answer
+
+
+@dataclass
+class UpdateResult:
+    """One update of one student (or none, for ``base``) and its answers afterwards.
+
+    ``step`` numbers the updates of a (source, student): the edit index (single), the passage group (cpt) or
+    the passage (continual). ``counted`` is False for records that are not part of the eval table (the
+    intermediate steps of a continual run). A failed update leaves the student unchanged: its answers are the
+    unchanged student's and ``error`` says why."""
+
+    source: str
+    student: str
+    step: int
+    context_ids: list[str]  # passages whose training data made up the update
+    answers: list[Answer]
+    train_loss: float | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    counted: bool = True
+    n_items: int = 0  # training sequences in the update
+    note: str | None = None  # what was cut or skipped to fit the inner loop (see student.sequences.fit_items)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_safe(asdict(self))
+
+
+@dataclass
+class Settings:
+    """Protocol knobs shared by the CLI and tests."""
+
+    run_seed: int = 0
+    k: int = 0  # edits per passage used (0: all; continual uses 1 when 0)
+    n: int = 0  # cpt: passages per update; continual: steps (0: all passages)
+    include_context: bool = False
+    progress: bool = False
+    on_update: Callable[[UpdateResult], None] | None = field(default=None, repr=False)
+
+    def emit(self, result: UpdateResult) -> None:
+        if self.on_update is not None:
+            self.on_update(result)
+
+
+def update_seed(run_seed: int, source: str, student: str, step: int, context_ids: list[str]) -> int:
+    """Depends only on what is updated, not on the order updates run in."""
+    key = f"{run_seed}/{source}/{student}/{step}/{','.join(context_ids)}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def answer_questions(student: Any, contexts: list[Context]) -> list[Answer]:
+    """Greedy no-context answers (EM, F1) and gold log-probabilities for every question of ``contexts``,
+    batched across passages."""
+    qs = [(c.id, i, q) for c in contexts for i, q in enumerate(c.questions)]
+    if not qs:
+        return []
+    prompts = [student.task.qa_prompt(q.question) for _, _, q in qs]
+    golds = [q.answer for _, _, q in qs]
+    bs = student.cfg.eval_batch_size
+    preds = greedy_answers(student.model, student.tok, prompts, student.cfg.max_new_tokens, bs)
+    lps = gold_logprobs(student.model, student.tok, prompts, golds, bs)
+    return [
+        Answer(cid, i, q.question, q.answer, p, exact_match(p, q.answer), token_f1(p, q.answer), lp)
+        for (cid, i, q), p, lp in zip(qs, preds, lps)
+    ]
+
+
+class BaseAnswers:
+    """The unchanged student's answers per passage, computed once (the base source and failed updates)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, str], list[Answer]] = {}
+
+    def get(self, student: Any, contexts: list[Context]) -> list[Answer]:
+        todo = [c for c in contexts if (student.name, c.id) not in self._cache]
+        fresh = answer_questions(student, todo)
+        for c in todo:
+            self._cache[(student.name, c.id)] = [a for a in fresh if a.context_id == c.id]
+        return [a for c in contexts for a in self._cache[(student.name, c.id)]]
+
+
+def usable(items: list[TrainingItem]) -> bool:
+    return any(it.completion.strip() for it in items)
+
+
+def edit_items(
+    student: Any, kind: str, text: str, context: Context, include_context: bool
+) -> tuple[list[TrainingItem], str | None, str | None]:
+    """One text's training sequences for ``student``, prepared as :meth:`Student.evaluate_edit` prepares an
+    edit (clean text, the task may refuse it, bounded by adapt.max_sequences / max_length). A ``passage``
+    text is one sequence of the raw passage. Returns ``(items, note, error)``; no items means unusable."""
+    text = clean_text(text)
+    if kind == "passage":
+        items = [TrainingItem(prompt="", completion=text)]
+    else:
+        try:
+            items = student.task.training_items(text, context, include_context)
+        except ValueError as exc:  # e.g. a task that parses the edit and finds it invalid
+            return [], None, f"edit rejected by the task: {exc}"
+    if not usable(items):
+        return [], None, "edit has no usable text"
+    a = student.cfg.adapt
+    items, note = fit_items(student.tok, items, a.max_length, a.max_sequences, a.loss_on)
+    return items, note, None if items else "edit has no trainable token"
+
+
+def update_items(
+    student: Any, kind: str, pairs: list[tuple[str, Context]], include_context: bool
+) -> tuple[list[TrainingItem], str | None, str | None]:
+    """The union of several texts' sequences (one update on the edits of several passages). Unusable texts
+    are skipped and noted; the update fails only when none is usable."""
+    items: list[TrainingItem] = []
+    notes, errors = [], []
+    for text, context in pairs:
+        its, note, error = edit_items(student, kind, text, context, include_context)
+        items += its
+        notes += [note] if note else []
+        errors += [error] if error else []
+    if not items:
+        return [], None, errors[0] if errors else "no training data for this update"
+    if errors:
+        notes.append(f"skipped {len(errors)} of {len(pairs)} unusable texts ({errors[0]})")
+    return items, "; ".join(notes) or None, None
+
+
+def adapt_and_score(
+    student: Any, items: list[TrainingItem], eval_contexts: list[Context], seed: int, base: BaseAnswers
+) -> tuple[list[Answer], float | None, str | None]:
+    """Adapt ``student`` to ``items`` (its adapt config: LoRA or full), answer ``eval_contexts``' questions,
+    restore it. Returns ``(answers, train_loss, error)``; on failure the answers are the base student's."""
+    try:
+        with student.adapted(items, seed) as loss:
+            return answer_questions(student, eval_contexts), loss, None
+    except EditError as exc:
+        error = str(exc)
+    except torch.OutOfMemoryError:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        error = "out of memory while adapting or scoring; lower adapt.batch_size or eval_batch_size"
+    return base.get(student, eval_contexts), None, error
+
+
+def timed_update(
+    student: Any,
+    source: Source,
+    step: int,
+    pairs: list[tuple[str, Context]] | None,
+    contexts: list[Context],
+    settings: Settings,
+    base: BaseAnswers,
+) -> UpdateResult:
+    """One record: one update on the texts of ``pairs`` (``None``: the unchanged student, the ``base``
+    source), scored on ``contexts``. A failed update is scored as the unchanged student, with its reason."""
+    started = time.time()
+    ids = [c.id for c in contexts]
+    items, note, error, loss = [], None, None, None
+    if pairs is None:
+        answers = base.get(student, contexts)
+    else:
+        items, note, error = update_items(student, source.kind, pairs, settings.include_context)
+        if error is not None:
+            answers = base.get(student, contexts)
+        else:
+            seed = update_seed(settings.run_seed, source.name, student.name, step, ids)
+            answers, loss, error = adapt_and_score(student, items, contexts, seed, base)
+    result = UpdateResult(
+        source=source.name,
+        student=student.name,
+        step=step,
+        context_ids=ids,
+        answers=answers,
+        train_loss=loss,
+        error=error,
+        seconds=time.time() - started,
+        n_items=len(items),
+        note=note,
+    )
+    settings.emit(result)
+    return result

@@ -1,0 +1,35 @@
+"""Multi-passage continued pretraining (SEAL's CPT study): one update on the training data of n passages
+together (LoRA or full fine-tuning, per the student's adapt config), evaluated on all their questions.
+
+The passages are cut into consecutive groups of ``n`` (a last, smaller group is kept); each group is one
+update from the unchanged student, and a source's score averages over the groups' questions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from orchestrator.protocols.common import BaseAnswers, Settings, UpdateResult, timed_update
+from orchestrator.protocols.data import Source
+from orchestrator.records import Context
+
+
+def groups(contexts: list[Context], n: int) -> list[list[Context]]:
+    """Consecutive groups of ``n`` passages (``n`` <= 0: one group of all)."""
+    n = n if n > 0 else len(contexts)
+    return [contexts[i : i + n] for i in range(0, len(contexts), n)]
+
+
+def run_cpt(
+    student: Any, source: Source, contexts: list[Context], settings: Settings, base: BaseAnswers
+) -> list[UpdateResult]:
+    parts = groups(contexts, settings.n)
+    bar = tqdm(parts, desc=f"cpt {source.name} → {student.name}", disable=not settings.progress, unit="group")
+    results = []
+    for g, group in enumerate(bar):
+        pairs = (
+            None if source.kind == "base" else [(t, c) for c in group for t in source.texts(c, settings.k)]
+        )
+        results.append(timed_update(student, source, g, pairs, group, settings, base))
+    return results

@@ -1,0 +1,24 @@
+"""Single-passage knowledge incorporation (SEAL's main table): for each passage, one update per edit of the
+student, then no-context QA on that passage's questions; a source's score averages over its edits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from orchestrator.protocols.common import BaseAnswers, Settings, UpdateResult, timed_update
+from orchestrator.protocols.data import Source
+from orchestrator.records import Context
+
+
+def run_single(
+    student: Any, source: Source, contexts: list[Context], settings: Settings, base: BaseAnswers
+) -> list[UpdateResult]:
+    """Every (passage, edit) of ``source`` on ``student``: adapt, score on the passage, restore."""
+    if source.kind == "base":
+        return [timed_update(student, source, 0, None, [c], settings, base) for c in contexts]
+    # a passage without edits gets one empty update: a recorded failure, scored as the unchanged student
+    plan = [(c, i, text) for c in contexts for i, text in enumerate(source.texts(c, settings.k) or [""])]
+    bar = tqdm(plan, desc=f"single {source.name} → {student.name}", disable=not settings.progress, unit="upd")
+    return [timed_update(student, source, i, [(text, c)], [c], settings, base) for c, i, text in bar]

@@ -1,0 +1,330 @@
+"""Batched multi-edit adaptation: the LoRA adapters of E edits trained and scored together on one frozen base.
+
+The result equals adapting to the edits one by one (:meth:`Student.evaluate_edit`; tested to 1e-4 in fp32):
+each edit has its own peft adapter, initialised by peft under ``torch.manual_seed(seed)`` as the sequential
+path does; its own batches (:func:`student.sequences.batch_schedule`); its own loss, normalised over its own
+tokens; its own gradient clipping; and AdamW updates it only on steps where it has a batch, so an edit with
+fewer batches is left untouched (optimizer state included) while the others go on.
+
+Why a hand-written batched LoRA: peft keeps several named adapters on one model and can *evaluate* a batch
+whose rows use different adapters (``adapter_names=``), but it refuses that in training mode, runs one
+sub-batch per adapter, and adding an adapter costs more than the few steps it trains (peft's per-layer setup
+was a third of this loop's time on a 5M-parameter student). So peft is used to decide which modules get LoRA
+(:func:`lora_targets`, once per model), the adapters' initial weights are peft's own random draws, replayed
+(:meth:`MultiLoRA._init`; the equivalence test compares them with peft's), and a forward hook on each target
+module adds every row's own adapter update with two batched matmuls, the second fused with the add
+(``baddbmm``). Rows are laid out edit-major (each edit's rows consecutive) and row n of edit g gets
+``x_n @ A_gᵀ @ (scaling * B_gᵀ)``, in training, in the gold-answer forward pass and in KV-cached
+``generate()`` alike. When every edit has the same number of rows the batch is viewed as (edits, rows x
+length, features); otherwise each row gets a gathered copy of its edit's (small, rank-r) matrices, so that no
+edit is padded with filler rows through the model. The base model is never modified: removing the hooks
+restores it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from orchestrator.records import Context, StudentOutcome, StudentScore
+from orchestrator.tasks.base import TrainingItem
+from student.scoring import aggregate_score, gold_logprobs, greedy_answers
+from student.sequences import IGNORE, batch_schedule, encode_item, pad_batch
+from student.student import Student, free_memory, lora_config, non_finite_loss
+
+log = logging.getLogger(__name__)
+
+
+class MultiLoRA:
+    """Context manager: inside, the student's model carries one LoRA adapter per seed on every module peft
+    would target, and forward passes run under :meth:`route`; on exit the hooks are removed. The base model
+    itself is never modified, so it is the base again, bit for bit."""
+
+    def __init__(self, student: Student, seeds: list[int]):
+        self.student = student
+        self.model = student.model
+        self.seeds = list(seeds)
+        self.config = lora_config(student.cfg.adapt, student.model_type)
+        self.scaling = self.config.lora_alpha / self.config.r  # peft's (no rsLoRA)
+        self.targets: list[LoraTarget] = []
+        self.weights: list[list[tuple[torch.Tensor, torch.Tensor]]] = []  # [edit][target] -> (A, B)
+        self.params: list[list[torch.Tensor]] = []  # [edit] -> its adapter's parameters
+        self._hooks: list[Any] = []
+        self._route: _Route | None = None
+        self._cached: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def __enter__(self) -> MultiLoRA:
+        self.targets = lora_targets(self.model, self.config)
+        modules = [self.model.get_submodule(t.name) for t in self.targets]
+        devices = [m.weight.device for m in modules]
+        self.weights = [self._init(seed, devices) for seed in self.seeds]
+        self.params = [[t for ab in w for t in ab] for w in self.weights]
+        for k, module in enumerate(modules):
+            self._hooks.append(
+                module.register_forward_hook(lambda m, args, out, k=k: self._hook(k, args, out))
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        self.model.eval()
+
+    def _init(self, seed: int, devices: list[torch.device]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Adapter weights equal to peft's under ``torch.manual_seed(seed); get_peft_model(...)``: the same
+        random draws in the same order (per target, as ``LoraLayer.update_layer`` does: ``nn.Linear(in, r)``,
+        ``nn.Linear(r, out)``, then ``kaiming_uniform_`` on A and zeros on B), in fp32 as peft keeps them."""
+        torch.manual_seed(seed)
+        out = []
+        for t, device in zip(self.targets, devices):
+            a = torch.nn.Linear(t.in_features, self.config.r, bias=False)
+            b = torch.nn.Linear(self.config.r, t.out_features, bias=False)
+            torch.nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
+            torch.nn.init.zeros_(b.weight)
+            out.append(
+                (a.weight.detach().to(device).requires_grad_(), b.weight.detach().to(device).requires_grad_())
+            )
+        return out
+
+    def adapter_state(self, i: int) -> dict[str, torch.Tensor]:
+        """Adapter i under the keys of peft's ``get_peft_model_state_dict`` (to compare or save with peft)."""
+        out = {}
+        for t, (a, b) in zip(self.targets, self.weights[i]):
+            out[f"base_model.model.{t.name}.lora_A.weight"] = a.detach()
+            out[f"base_model.model.{t.name}.lora_B.weight"] = b.detach()
+        return out
+
+    @contextmanager
+    def route(self, adapters: list[int], rows: list[int], training: bool = False) -> Iterator[None]:
+        """Forward passes inside take batches of ``sum(rows)`` rows: ``rows[g]`` consecutive rows for adapter
+        ``adapters[g]``, in that order. Outside training the adapter matrices are stacked once for all passes
+        (every decoding step of ``generate()``)."""
+        device = next(self.model.parameters()).device
+        index = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(rows)).to(device)
+        self._route = _Route(list(adapters), len(set(rows)) == 1, index, training)
+        if not training:
+            with torch.no_grad():
+                self._cached = {k: self._matrices(k) for k in range(len(self.targets))}
+        try:
+            yield
+        finally:
+            self._route, self._cached = None, None
+
+    def _matrices(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target k's routed ``Aᵀ`` (G, in, r) and ``scaling * Bᵀ`` (G, r, out), one per edit when every edit
+        has the same number of rows, else gathered per row (N, in, r), (N, r, out)."""
+        route = self._route
+        assert route is not None
+        a = torch.stack([self.weights[g][k][0] for g in route.adapters]).transpose(1, 2)
+        b = torch.stack([self.weights[g][k][1] for g in route.adapters]).transpose(1, 2) * self.scaling
+        if not route.uniform:
+            a, b = a.index_select(0, route.index), b.index_select(0, route.index)
+        return a, b
+
+    def _hook(self, k: int, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        route = self._route
+        if route is None:
+            raise RuntimeError("a MultiLoRA model ran outside route(...): its rows have no adapter")
+        a, b = self._cached[k] if self._cached is not None else self._matrices(k)
+        x = args[0].to(a.dtype)
+        if route.training and self.config.lora_dropout > 0:
+            x = F.dropout(x, self.config.lora_dropout)
+        groups = a.shape[0]  # edits, or rows when edits have different numbers of rows
+        xa = torch.bmm(x.reshape(groups, -1, x.shape[-1]), a)
+        out = torch.baddbmm(output.reshape(groups, -1, output.shape[-1]).to(a.dtype), xa, b)
+        return out.reshape(output.shape).to(output.dtype)
+
+
+@dataclass
+class _Route:
+    adapters: list[int]  # the adapter of each edit's rows
+    uniform: bool  # every edit has the same number of rows
+    index: torch.Tensor  # (N,) the edit of each row
+    training: bool
+
+
+@dataclass(frozen=True)
+class LoraTarget:
+    name: str  # module path in the model, e.g. model.layers.0.self_attn.q_proj
+    in_features: int
+    out_features: int
+
+
+_TARGETS: weakref.WeakKeyDictionary[Any, dict[str, list[LoraTarget]]] = weakref.WeakKeyDictionary()
+
+
+def lora_targets(model: Any, config: Any) -> list[LoraTarget]:
+    """The modules peft puts LoRA on for ``config``, in the order it initialises them. Found once per model
+    and target list, by letting peft wrap the model and unloading it (base weights untouched)."""
+    from peft import get_peft_model
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.lora import LoraLayer
+
+    key = repr(
+        sorted(config.target_modules) if isinstance(config.target_modules, set) else config.target_modules
+    )
+    cached = _TARGETS.setdefault(model, {})
+    if key not in cached:
+        if config.init_lora_weights is not True or config.use_rslora or config.use_dora or config.lora_bias:
+            raise ValueError("batched adaptation supports plain LoRA only; set adapt.edit_batch_size=1")
+        rng = torch.random.get_rng_state()
+        peft_model = get_peft_model(model, config)
+        try:
+            layers = [
+                (n, m) for n, m in peft_model.base_model.model.named_modules() if isinstance(m, LoraLayer)
+            ]
+        finally:
+            peft_model.unload()
+            torch.random.set_rng_state(rng)
+        odd = sorted({type(m).__name__ for _, m in layers if not isinstance(m, LoraLinear)})
+        if odd:
+            raise ValueError(
+                f"batched adaptation routes LoRA on linear layers only, not {odd}: set "
+                "adapt.edit_batch_size=1 or leave embeddings out of adapt.target_modules"
+            )
+        cached[key] = [LoraTarget(n, m.in_features, m.out_features) for n, m in layers]
+    return cached[key]
+
+
+def edit_losses(logits: torch.Tensor, labels: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """``(G,)`` each edit's mean next-token loss over its own label tokens (edit g owns ``rows[g]``
+    consecutive rows). transformers' built-in loss averages over every label token of the batch, which would
+    weight edits by their token counts and couple them; the shift and the fp32 upcast are the same as its
+    ``ForCausalLMLoss``."""
+    shift = F.pad(labels, (0, 1), value=IGNORE)[:, 1:]
+    per_token = F.cross_entropy(
+        logits.float().flatten(0, 1), shift.reshape(-1), ignore_index=IGNORE, reduction="none"
+    ).view(shift.shape)
+    sums = torch.stack([part.sum() for part in per_token.split(rows)])
+    counts = torch.stack([(part != IGNORE).sum() for part in shift.split(rows)])
+    return sums / counts
+
+
+def train_adapters(ml: MultiLoRA, items: list[list[TrainingItem]]) -> list[tuple[float | None, str | None]]:
+    """Train adapter i on ``items[i]``, all together. Per edit: (mean loss of its last epoch, error or None)."""
+    s, a = ml.student, ml.student.cfg.adapt
+    device = next(ml.model.parameters()).device
+    encoded = [[encode_item(s.tok, it, a.max_length, a.loss_on) for it in its] for its in items]
+    plans = [_plan(len(it), a.epochs, a.batch_size, seed) for it, seed in zip(items, ml.seeds)]
+    # foreach: one multi-tensor update over every edit's tensors (same update rule as the sequential path)
+    opt = torch.optim.AdamW(
+        [p for ps in ml.params for p in ps], lr=a.learning_rate, weight_decay=0.0, foreach=True
+    )
+    losses: list[dict[int, list[float]]] = [{} for _ in items]
+    errors: list[str | None] = [None] * len(items)
+    ml.model.eval()  # as the sequential LoRA path (set_train_mode): no base dropout
+    for step in range(max(len(p) for p in plans)):
+        active = [e for e in range(len(items)) if errors[e] is None and step < len(plans[e])]
+        if not active:
+            break
+        rows = [len(plans[e][step][1]) for e in active]
+        batch = pad_batch([encoded[e][j] for e in active for j in plans[e][step][1]], s.tok.pad_token_id)
+        batch = batch.to(device)
+        with ml.route(active, rows, training=True):
+            out = ml.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        per_edit = edit_losses(out.logits, batch.labels, rows)
+        finite = torch.isfinite(per_edit)
+        opt.zero_grad(set_to_none=True)
+        if finite.any():
+            per_edit[finite].sum().backward()  # edit e's parameters get exactly the gradient of its own loss
+        for g, e in enumerate(active):
+            value = float(per_edit[g].detach())
+            if not finite[g]:
+                errors[e] = non_finite_loss(value)
+                for p in ml.params[e]:
+                    p.grad = None  # AdamW skips parameters without a gradient
+                continue
+            if a.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(ml.params[e], a.max_grad_norm, foreach=True)
+            losses[e].setdefault(plans[e][step][0], []).append(value)
+        opt.step()
+    ml.model.eval()
+    return [
+        (None, err) if err is not None else (_mean(losses[e][a.epochs - 1]), None)
+        for e, err in enumerate(errors)
+    ]
+
+
+def _plan(n_items: int, epochs: int, batch_size: int, seed: int) -> list[tuple[int, list[int]]]:
+    """The edit's steps in order, as (epoch, item indices)."""
+    schedule = batch_schedule(n_items, epochs, batch_size, seed)
+    return [(epoch, idx) for epoch, steps in enumerate(schedule) for idx in steps]
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def score_adapters(ml: MultiLoRA, contexts: list[Context], which: list[int]) -> dict[int, StudentScore]:
+    """Score adapter i (for i in ``which``) on ``contexts[i]``'s questions without the context: greedy
+    KV-cached answers and gold-answer log-probs, every adapter's questions in the same batched passes (of at
+    most ``eval_batch_size`` questions, an adapter's questions kept together)."""
+    s = ml.student
+    out = {i: StudentScore(0.0, 0.0, 0.0, 0) for i in which if not contexts[i].questions}
+    todo = [i for i in which if contexts[i].questions]
+    for part in _passes(todo, [len(contexts[i].questions) for i in todo], s.cfg.eval_batch_size):
+        qs = [q for i in part for q in contexts[i].questions]
+        prompts, golds = [s.task.qa_prompt(q.question) for q in qs], [q.answer for q in qs]
+        with ml.route(part, [len(contexts[i].questions) for i in part]):
+            preds = greedy_answers(ml.model, s.tok, prompts, s.cfg.max_new_tokens, len(prompts))
+            lps = gold_logprobs(ml.model, s.tok, prompts, golds, len(prompts))
+        start = 0
+        for i in part:
+            end = start + len(contexts[i].questions)
+            out[i] = aggregate_score(preds[start:end], golds[start:end], lps[start:end])
+            start = end
+    return out
+
+
+def _passes(todo: list[int], sizes: list[int], limit: int) -> list[list[int]]:
+    """Group adapters into passes of at most ``limit`` questions (or one adapter, if it alone has more)."""
+    passes: list[list[int]] = []
+    used = limit
+    for i, n in zip(todo, sizes):
+        if used + n > limit:
+            passes.append([])
+            used = 0
+        passes[-1].append(i)
+        used += n
+    return passes
+
+
+def evaluate_batch(
+    student: Student, edit_texts: list[str], contexts: list[Context], seeds: list[int]
+) -> list[StudentOutcome]:
+    """:meth:`Student.evaluate_edit` for several edits at once, with the same outcomes (errors included)."""
+    bases = [student.baseline(c) for c in contexts]
+    prepared = [student.usable_items(t, c) for t, c in zip(edit_texts, contexts)]
+    items = [it if err is None else None for it, err, _ in prepared]
+    notes = [note for _, _, note in prepared]
+    # Unusable edits keep their recorded reason; usable ones are replaced below.
+    out = [StudentOutcome(b, None, 0.0, error=err, note=note) for b, (_, err, note) in zip(bases, prepared)]
+    live = [i for i, it in enumerate(items) if it is not None]
+    if not live:
+        return out
+    try:
+        with MultiLoRA(student, [seeds[i] for i in live]) as ml:
+            trained = train_adapters(ml, [it for it in items if it is not None])
+            scores = score_adapters(
+                ml, [contexts[i] for i in live], [g for g, t in enumerate(trained) if not t[1]]
+            )
+    except torch.OutOfMemoryError:
+        free_memory()
+        log.warning(
+            "out of memory adapting %d edits together: retrying one at a time; lower adapt.edit_batch_size",
+            len(live),
+        )
+        return [student.evaluate_edit(t, c, s) for t, c, s in zip(edit_texts, contexts, seeds)]
+    for g, i in enumerate(live):
+        loss, error = trained[g]
+        out[i] = StudentOutcome(bases[i], scores.get(g), 0.0, error=error, train_loss=loss, note=notes[i])
+    return out

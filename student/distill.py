@@ -1,0 +1,182 @@
+"""Logit distillation of a student from a teacher that shares its tokenizer (the sweep's baseline row).
+
+TRL's ``GKDTrainer`` (in ``trl.experimental``: ``DistillationTrainer`` only trains on completions the student
+samples itself, while the baseline here learns the teacher's distribution on the teacher's own edits) trains the student to match the teacher's full next-token distribution (generalized
+Jensen-Shannon divergence, ``beta``) on the teacher's own completions: the prompt is what the teacher sees for
+a passage (its edit prompt, with the passage), the completion one of its edits for that passage. With
+``lmbda`` > 0 a fraction of steps uses completions the student samples instead, and with ``seq_kd`` the teacher
+samples fresh ones each step (both inside TRL). The student's adapt section sets the budget and the method:
+a peft LoRA that is unloaded afterwards, or full fine-tuning restored from a saved copy; either way the
+student is bit-exactly the base again after :func:`distilled` exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from orchestrator.config import DistillConfig
+from student.student import EditError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistillExample:
+    """One distillation sequence: the teacher's prompt for a passage and one of its completions."""
+
+    prompt: str
+    completion: str
+
+
+def shares_vocabulary(student_tok: Any, teacher_tok: Any) -> bool:
+    """Logit distillation compares distributions token by token: the vocabularies must be identical (the
+    same ids for the same strings), not merely of equal size."""
+    return student_tok.get_vocab() == teacher_tok.get_vocab()
+
+
+def build_rows(
+    tok: Any, examples: list[DistillExample], max_length: int, add_special_tokens: bool = True
+) -> list[dict[str, Any]]:
+    """Pre-tokenized rows for TRL's ``DataCollatorForChatML`` (no chat template needed): ``input_ids`` =
+    prompt + completion + EOS, ``completion_mask`` marks the completion (the loss positions). Completions
+    longer than half of ``max_length`` are cut; the collator then drops the oldest prompt tokens to fit."""
+    rows = []
+    for ex in examples:
+        p = tok(ex.prompt, add_special_tokens=add_special_tokens)["input_ids"]
+        c = tok(ex.completion, add_special_tokens=False)["input_ids"][: max(1, max_length // 2 - 1)]
+        c = c + [tok.eos_token_id]
+        if not p:
+            raise EditError("distillation prompt is empty after tokenization")
+        rows.append(
+            {
+                "prompt": ex.prompt,
+                "input_ids": p + c,
+                "attention_mask": [1] * (len(p) + len(c)),
+                "completion_mask": [0] * len(p) + [1] * len(c),
+            }
+        )
+    return rows
+
+
+def gkd_args(adapt: Any, dcfg: DistillConfig, seed: int, on_cpu: bool, workdir: str) -> Any:
+    """GKDConfig mirroring the student's inner loop: constant learning rate, no weight decay, its epochs,
+    batch size, length and gradient clipping."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*trl.experimental.*")
+        from trl.experimental.gkd import GKDConfig
+
+    return GKDConfig(
+        output_dir=workdir,
+        learning_rate=adapt.learning_rate,
+        per_device_train_batch_size=adapt.batch_size,
+        num_train_epochs=adapt.epochs,
+        max_length=adapt.max_length,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=adapt.max_grad_norm,  # 0 disables clipping, as in the inner loop
+        seed=seed,
+        data_seed=seed,
+        use_cpu=on_cpu,
+        bf16=False if on_cpu else None,
+        gradient_checkpointing=False,  # else TRL hooks the input embeddings, which would outlive the update
+        disable_dropout=False,  # GKD would zero the student's dropout for good; later edits train with it
+        save_strategy="no",
+        report_to="none",
+        logging_steps=1,
+        disable_tqdm=True,
+        lmbda=dcfg.lmbda,
+        beta=dcfg.beta,
+        seq_kd=dcfg.seq_kd,
+        temperature=dcfg.temperature,
+        max_new_tokens=dcfg.max_new_tokens,
+        remove_unused_columns=False,
+    )
+
+
+def _train(
+    student: Any, teacher_model: Any, rows: list[dict[str, Any]], dcfg: DistillConfig, seed: int
+) -> float:
+    import warnings
+
+    from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback
+
+    with warnings.catch_warnings():  # GKD lives in trl.experimental on purpose (see the module docstring)
+        warnings.filterwarnings("ignore", message=".*trl.experimental.*")
+        from trl.experimental.gkd import GKDTrainer
+
+    from orchestrator.protocols.continual import lora_config
+
+    a = student.cfg.adapt
+    on_cpu = next(student.model.parameters()).device.type == "cpu"
+    with tempfile.TemporaryDirectory(prefix="teachedit-gkd-") as workdir:
+        trainer = GKDTrainer(
+            model=student.model,
+            teacher_model=teacher_model,
+            args=gkd_args(a, dcfg, seed, on_cpu, workdir),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=student.tok,
+            peft_config=lora_config(a, student.model_type) if a.method == "lora" else None,
+        )
+        trainer.remove_callback(PrinterCallback)  # libraries log; HF's printer would print every step
+        student.model = trainer.model  # a PeftModel wrapping the base in place (LoRA), else the base
+        result = trainer.train()
+        del trainer
+    return float(result.training_loss)
+
+
+@contextmanager
+def distilled(
+    student: Any,
+    teacher_model: Any,
+    examples: list[DistillExample],
+    dcfg: DistillConfig,
+    seed: int,
+    add_special_tokens: bool = True,
+) -> Iterator[float]:
+    """Inside, ``student`` is distilled from ``teacher_model`` on ``examples`` (yields the training loss); on
+    exit (also on error) it is the base again, bit for bit. Raises :class:`EditError` on a non-finite loss
+    or unusable examples (the student is restored first)."""
+    rows = build_rows(student.tok, examples, student.cfg.adapt.max_length, add_special_tokens)
+    torch.manual_seed(seed)
+    base = student.model
+    snapshot = None
+    if student.cfg.adapt.method == "full":
+        snapshot = {k: v.detach().clone() for k, v in base.state_dict().items()}
+        for p in base.parameters():
+            p.requires_grad_(True)
+    try:
+        try:
+            loss = _train(student, teacher_model, rows, dcfg, seed)
+        except ValueError as exc:  # e.g. TRL's collator: no prompt token left after truncation
+            raise EditError(f"distillation failed: {exc}") from None
+        if not math.isfinite(loss):
+            raise EditError(f"non-finite distillation loss ({loss}); lower adapt.learning_rate")
+        student.model.eval()
+        yield loss
+    finally:
+        _restore(student, base, snapshot)
+
+
+def _restore(student: Any, base: Any, snapshot: dict[str, torch.Tensor] | None) -> None:
+    from peft import PeftModel
+
+    if isinstance(student.model, PeftModel):
+        student.model = student.model.unload()  # drops the LoRA layers; base weights untouched
+    else:
+        student.model = base
+    if snapshot is not None:
+        student.model.load_state_dict(snapshot)
+    for p in student.model.parameters():
+        p.requires_grad_(False)
+    student.model.eval()
