@@ -163,8 +163,59 @@ class TeacherConfig:
 
 
 @dataclass
+class ArcTaskConfig:
+    """SEAL's ARC few-shot protocol (used when ``task.name=arc``); see orchestrator/tasks/arc.py."""
+
+    train_challenges: str | None = field(
+        default=None, metadata={"help": "ARC challenges JSON of the training tasks; null: bundled 12 tasks."}
+    )
+    train_solutions: str | None = field(
+        default=None, metadata={"help": "Solutions JSON of the training tasks; null: bundled."}
+    )
+    eval_challenges: str | None = field(
+        default=None, metadata={"help": "Challenges JSON of the held-out tasks; null: bundled 10 tasks."}
+    )
+    eval_solutions: str | None = field(
+        default=None, metadata={"help": "Solutions JSON of the held-out tasks; null: bundled."}
+    )
+    max_tokens: int = field(
+        default=8192,
+        metadata={
+            "help": "Tasks whose text (all pairs + test input and output) is longer are dropped (logged). "
+            "Counted in characters, an upper bound on tokens for any tokenizer on this ASCII text."
+        },
+    )
+    max_learning_rate: float = field(
+        default=1e-2, metadata={"help": "Cap on a directive's learning_rate (larger values are clamped)."}
+    )
+    max_epochs: int = field(
+        default=20, metadata={"help": "Cap on a directive's num_train_epochs (larger values are clamped)."}
+    )
+    max_items: int = field(
+        default=250, metadata={"help": "Most leave-one-out training sequences per edit (SEAL's Nmax)."}
+    )
+    max_per_family: int = field(
+        default=0, metadata={"help": "Transforms sampled per augmentation family; 0 uses all of them."}
+    )
+    colour_permutations: int = field(
+        default=1, metadata={"help": "Colour-permuted copies of each augmented sequence (SEAL: 1)."}
+    )
+    views: list[str] = field(
+        default_factory=lambda: [
+            "identity",
+            "transpose",
+            "flip_vertical",
+            "flip_horizontal",
+            "rotate90",
+            "rotate180",
+        ],
+        metadata={"help": "Invertible transforms the test input is predicted under; votes decide."},
+    )
+
+
+@dataclass
 class TaskConfig:
-    name: str = field(default="synthetic", metadata={"help": "synthetic | squad"})
+    name: str = field(default="synthetic", metadata={"help": "synthetic | squad | arc"})
     path: str | None = field(
         default=None, metadata={"help": "SEAL-format JSON for squad; null uses the bundled subset."}
     )
@@ -174,6 +225,7 @@ class TaskConfig:
     num_heldout_contexts: int = field(default=16, metadata={"help": "Fixed contexts scored every round."})
     max_questions: int = field(default=0, metadata={"help": "Questions kept per context; 0 keeps all."})
     seed: int = field(default=0, metadata={"help": "Seed of the synthetic world / of context sampling."})
+    arc: ArcTaskConfig = field(default_factory=ArcTaskConfig, metadata={"help": "Settings of task arc."})
 
 
 @dataclass
@@ -475,6 +527,24 @@ def _check_model(m: ModelConfig, where: str) -> None:
         _check(t.pretrain_steps >= 0, f"{where}.tiny.pretrain_steps", "must be >= 0")
 
 
+def _check_arc(a: ArcTaskConfig) -> None:
+    from orchestrator.tasks.arc_grids import AUGMENTATIONS
+
+    for key in ("train_challenges", "train_solutions", "eval_challenges", "eval_solutions"):
+        path = getattr(a, key)
+        if path is not None:
+            _check(Path(path).is_file(), f"task.arc.{key}", f"file not found: {path} (null uses the bundled)")
+    _check(a.max_tokens >= 16, "task.arc.max_tokens", "must be >= 16")
+    _check(0 < a.max_learning_rate <= 1, "task.arc.max_learning_rate", "must be in (0, 1]")
+    _check(a.max_epochs >= 1, "task.arc.max_epochs", "must be >= 1")
+    _check(a.max_items >= 1, "task.arc.max_items", "must be >= 1")
+    _check(a.max_per_family >= 0, "task.arc.max_per_family", "must be >= 0 (0 uses all)")
+    _check(a.colour_permutations >= 0, "task.arc.colour_permutations", "must be >= 0")
+    _check(len(a.views) >= 1, "task.arc.views", "list at least one view, e.g. [identity]")
+    unknown = [v for v in a.views if v not in AUGMENTATIONS]
+    _check(not unknown, "task.arc.views", f"unknown {unknown}; choose from {', '.join(AUGMENTATIONS)}")
+
+
 def validate(cfg: Config) -> None:
     """Check ranges and cross-field rules. Raises :class:`ConfigError` naming the field and the fix."""
     from orchestrator.rewards import AGGREGATES, REWARDS, check_reward_config
@@ -494,6 +564,8 @@ def validate(cfg: Config) -> None:
     _check(cfg.task.max_questions >= 0, "task.max_questions", "must be >= 0 (0 keeps all)")
     if cfg.task.path is not None:
         _check(Path(cfg.task.path).is_file(), "task.path", f"file not found: {cfg.task.path}")
+    if cfg.task.name == "arc":
+        _check_arc(cfg.task.arc)
 
     _check_model(cfg.teacher.model, "teacher.model")
     g = cfg.teacher.generation

@@ -195,9 +195,12 @@ def markdown(report: dict) -> str:
         for src in sources:
             cells = [_cell(by.get((protocol, src, s)), metric) for s in students]
             lines.append(f"| {src} | " + " | ".join(cells) + " |")
-    skipped = {e["student"]: e["skipped"] for e in report["cells"] if "skipped" in e}
-    for student, why in skipped.items():
-        lines += ["", f"n/a for {student}: {why}."]
+    skipped: dict[str, list[str]] = {}
+    for e in report["cells"]:
+        if "skipped" in e and e["student"] not in skipped.setdefault(e["skipped"], []):
+            skipped[e["skipped"]].append(e["student"])
+    for why, names in skipped.items():
+        lines += ["", f"n/a for {', '.join(names)}: {why}."]
     if report["transfer"]:
         lines += _transfer_md(report)
     return "\n".join(lines) + "\n"
@@ -256,7 +259,7 @@ def plot_heatmap(report: dict, path: Path) -> None:
         im = ax.imshow(np.ma.masked_invalid(grids[p]), cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
         ax.set_facecolor("#dddddd")
         ax.set_xticks(range(len(students)), students, rotation=30, ha="right", fontsize=8)
-        ax.set_yticks(range(len(sources)), sources, fontsize=8)
+        ax.set_yticks(range(len(sources)), sources if ax is axes[0][0] else [""] * len(sources), fontsize=8)
         ax.set_title(f"{p}: {metric} gain", fontsize=9)
         for i, src in enumerate(sources):
             for j, st in enumerate(students):

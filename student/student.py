@@ -51,6 +51,11 @@ class Student:
 
     # -- scoring -------------------------------------------------------------------------------------------
     def score(self, context: Context) -> StudentScore:
+        hook = getattr(self.task, "score", None)  # a task that scores its own way (ARC: exact grid match)
+        if callable(hook):
+            score = hook(self.model, self.tok, context, self.cfg.max_new_tokens, self.cfg.eval_batch_size)
+            faults.point("score")
+            return score
         score = score_context(
             self.model, self.tok, self.task, context, self.cfg.max_new_tokens, self.cfg.eval_batch_size
         )
@@ -64,31 +69,39 @@ class Student:
         return self._baselines[context.id]
 
     # -- one edit ------------------------------------------------------------------------------------------
+    def prepare(
+        self, edit_text: str, context: Context, seed: int = 0
+    ) -> tuple[list[TrainingItem], AdaptConfig, str | None, str | None]:
+        """``(items, adapt, error, note)``: the edit's inner-loop training sequences fitted to adapt.max_length
+        and adapt.max_sequences, the settings to train with (a task may set them per edit, e.g. an ARC
+        directive), ``error`` saying why the edit cannot be used (items then empty), ``note`` what was cut."""
+        a = self.cfg.adapt
+        try:
+            items, a = self.training_plan(clean_text(edit_text), context, seed)
+        except ValueError as exc:  # the task refuses the edit, e.g. an ARC directive that is not valid JSON
+            return [], a, f"edit rejected by the task: {exc}", None
+        if not items or all(not (it.completion.strip()) for it in items):
+            return [], a, NO_USABLE_TEXT, None
+        items, note = fit_items(self.tok, items, a.max_length, a.max_sequences, a.loss_on)
+        if not items:
+            return [], a, "edit has no trainable token", note
+        return items, a, None, note
+
     def usable_items(
         self, edit_text: str, context: Context
     ) -> tuple[list[TrainingItem], str | None, str | None]:
-        """``(items, error, note)``: the edit's inner-loop training sequences fitted to adapt.max_length and
-        adapt.max_sequences; ``error`` says why the edit cannot be used (items then empty), ``note`` what was cut."""
-        a = self.cfg.adapt
-        try:
-            items = self.task.training_items(clean_text(edit_text), context, a.include_context)
-        except ValueError as exc:  # the task refuses the edit, e.g. an ARC directive that is not valid JSON
-            return [], f"edit rejected by the task: {exc}", None
-        if not items or all(not (it.completion.strip()) for it in items):
-            return [], NO_USABLE_TEXT, None
-        items, note = fit_items(self.tok, items, a.max_length, a.max_sequences, a.loss_on)
-        if not items:
-            return [], "edit has no trainable token", note
-        return items, None, note
+        """``(items, error, note)`` of :meth:`prepare`, for paths that train with the student's own settings."""
+        items, _, error, note = self.prepare(edit_text, context)
+        return items, error, note
 
     def evaluate_edit(self, edit_text: str, context: Context, seed: int) -> StudentOutcome:
         """Adapt to the edit, score without the context, restore. Failures give a recorded zero reward."""
         base = self.baseline(context)
-        items, error, note = self.usable_items(edit_text, context)
+        items, adapt, error, note = self.prepare(edit_text, context, seed)
         if error is not None:
             return StudentOutcome(base, None, 0.0, error=error, note=note)
         try:
-            with self.adapted(items, seed) as loss:
+            with self.adapted(items, seed, adapt) as loss:
                 adapted = self.score(context)
         except EditError as exc:
             return StudentOutcome(base, None, 0.0, error=str(exc), note=note)
@@ -110,7 +123,9 @@ class Student:
         """:meth:`evaluate_edit` for each edit, with the same results; LoRA edits are adapted and scored in
         batches of :attr:`edit_batch_size` (:mod:`student.batched`)."""
         n = self.edit_batch_size
-        if n <= 1:
+        if n <= 1 or callable(
+            getattr(self.task, "training_items_for", None)
+        ):  # per-edit lr/epochs: one by one
             return [self.evaluate_edit(t, c, s) for t, c, s in zip(edit_texts, contexts, seeds)]
         from student.batched import evaluate_batch
 
@@ -119,13 +134,27 @@ class Student:
             out += evaluate_batch(self, edit_texts[i : i + n], contexts[i : i + n], seeds[i : i + n])
         return out
 
-    def adapted(self, items: list[TrainingItem], seed: int) -> _Adapted:
-        """Context manager: inside, the student is adapted to ``items``; on exit it is the base again."""
-        return _Adapted(self, items, seed)
+    def training_plan(
+        self, edit_text: str, context: Context, seed: int
+    ) -> tuple[list[TrainingItem], AdaptConfig]:
+        """The edit's training items and the settings to train on them with. A task may provide
+        ``training_items_for(edit_text, context, adapt, seed) -> (items, adapt)`` (ARC: items and per-edit
+        learning rate / epochs from the teacher's directive); it raises ValueError for an unusable edit."""
+        hook = getattr(self.task, "training_items_for", None)
+        if callable(hook):
+            return hook(edit_text, context, self.cfg.adapt, seed)
+        return self.task.training_items(edit_text, context, self.cfg.adapt.include_context), self.cfg.adapt
 
-    def train_items(self, model: Any, items: list[TrainingItem], seed: int) -> float:
+    def adapted(self, items: list[TrainingItem], seed: int, adapt: AdaptConfig | None = None) -> _Adapted:
+        """Context manager: inside, the student is adapted to ``items`` (with ``adapt``, default the
+        student's own settings); on exit it is the base again."""
+        return _Adapted(self, items, seed, adapt or self.cfg.adapt)
+
+    def train_items(
+        self, model: Any, items: list[TrainingItem], seed: int, adapt: AdaptConfig | None = None
+    ) -> float:
         """Train ``model``'s trainable parameters on ``items``. Returns the mean loss of the last epoch."""
-        a = self.cfg.adapt
+        a = adapt or self.cfg.adapt
         device = next(model.parameters()).device
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=a.learning_rate, weight_decay=0.0)
@@ -155,12 +184,12 @@ class Student:
 class _Adapted:
     """Adapt on enter, restore bit-exactly on exit (also on error)."""
 
-    def __init__(self, student: Student, items: list[TrainingItem], seed: int):
-        self.s, self.items, self.seed = student, items, seed
+    def __init__(self, student: Student, items: list[TrainingItem], seed: int, adapt: AdaptConfig):
+        self.s, self.items, self.seed, self.a = student, items, seed, adapt
         self._snapshot: dict[str, torch.Tensor] | None = None
 
     def __enter__(self) -> float:
-        s, a = self.s, self.s.cfg.adapt
+        s, a = self.s, self.a
         torch.manual_seed(self.seed)
         if a.method == "lora":
             from peft import get_peft_model
@@ -171,7 +200,7 @@ class _Adapted:
             for p in s.model.parameters():
                 p.requires_grad_(True)
         try:
-            loss = s.train_items(s.model, self.items, self.seed)
+            loss = s.train_items(s.model, self.items, self.seed, a)
         except BaseException:
             self._restore()
             raise
@@ -185,7 +214,7 @@ class _Adapted:
 
     def _restore(self) -> None:
         s = self.s
-        if s.cfg.adapt.method == "lora":
+        if self.a.method == "lora":
             from peft import PeftModel
 
             if isinstance(s.model, PeftModel):

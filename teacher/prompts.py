@@ -2,6 +2,7 @@
 
 ``implications``, ``rewrite`` and ``self-qa`` are SEAL's SQuAD prompts (Zweiger et al., 2025). ``notes`` is
 the open prompt of the synthetic task, where the teacher chooses the style of its edits itself.
+``arc-directive`` asks for SEAL's ARC directive (augmentations and training settings) as JSON.
 Templates are plain ``str.format`` strings with ``{title}`` and ``{context}``; nothing is evaluated.
 """
 
@@ -23,6 +24,15 @@ PROMPT_FORMATS: dict[str, str] = {
         "pair per line.\n\nPassage:\n{title}\n{context}\n\nQuestions and answers:\n"
     ),
     "notes": "Passage: {context}\nNotes:\n",
+    # SEAL's ARC self-edit prompt, shortened so tiny teachers fit it: the task's training pairs, then the
+    # schema of the JSON directive (validated by orchestrator.tasks.arc_grids.parse_directive).
+    "arc-directive": (
+        "{context}\n------\nConfigure test-time training for this ARC task. Answer with one JSON object: "
+        '{{"data_generation": {{"use_basic_augmentations", "use_size_augmentations", '
+        '"use_chain_augmentations", "use_repeat_augmentations": true or false}}, "training": {{"strategy": '
+        '"train_using_all_tokens" or "train_using_output_tokens", "learning_rate": float, '
+        '"num_train_epochs": int}}}}\nDirective:\n'
+    ),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from orchestrator.tasks.arc import ArcFewShotTask
 from orchestrator.tasks.base import Task, TrainingItem
 from orchestrator.tasks.squad import SquadTask
 from orchestrator.tasks.synthetic import SyntheticTask
@@ -16,6 +17,7 @@ TASKS: dict[str, Callable[..., Any]] = {
     "squad": lambda c: SquadTask(
         c.path, c.num_train_contexts, c.num_heldout_contexts, c.seed, c.max_questions
     ),
+    "arc": lambda c: ArcFewShotTask(c.arc, c.num_train_contexts, c.num_heldout_contexts),
 }
 
 
