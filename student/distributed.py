@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import gc
 import logging
-import random
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -33,8 +32,8 @@ from orchestrator.distributed import all_ranks, current
 from orchestrator.records import Context, Edit, EditResult, StudentOutcome, StudentScore
 from orchestrator.tasks.base import TrainingItem
 from student.pool import StudentPool, edit_seed
-from student.sequences import IGNORE, Batch, collate
-from student.student import EditError, Student
+from student.sequences import IGNORE, Batch, batch_schedule, collate
+from student.student import EditError, Student, lora_config, non_finite_loss, set_train_mode
 
 log = logging.getLogger(__name__)
 
@@ -86,21 +85,6 @@ def hf_zero3(config: dict[str, Any]) -> Iterator[None]:
     finally:
         unset_hf_deepspeed_config()
         del keep
-
-
-def _lora_config(a: AdaptConfig, model_type: str) -> Any:
-    """The same adapter as :class:`student.student.Student`'s inner loop."""
-    from peft import LoraConfig
-
-    targets: Any = "all-linear" if a.target_modules == ["all-linear"] else list(a.target_modules)
-    return LoraConfig(
-        r=a.lora_r,
-        lora_alpha=a.lora_alpha,
-        lora_dropout=a.lora_dropout,
-        target_modules=targets,
-        task_type="CAUSAL_LM",
-        fan_in_fan_out=model_type == "gpt2",  # GPT-2 stores Conv1D weights transposed
-    )
 
 
 def rank_rows(batch: Batch, rank: int, world_size: int) -> Batch:
@@ -173,21 +157,23 @@ class ShardedStudent(Student):
         return hf_zero3(self.ds_config) if self.stage == 3 else nullcontext()
 
     @contextmanager
-    def _engine(self, model: Any, params: list[torch.Tensor] | None) -> Iterator[Any]:
-        """A DeepSpeed engine over ``model`` (an AdamW over ``params``, or none for scoring only), destroyed on
-        exit: its ZeRO-3 hooks leave the modules and its optimizer buffers are dropped."""
+    def _engine(
+        self, model: Any, params: list[torch.Tensor] | None = None, adapt: AdaptConfig | None = None
+    ) -> Iterator[Any]:
+        """A DeepSpeed engine over ``model`` (an AdamW over ``params`` with ``adapt``'s rate and clipping, or
+        none for scoring only), destroyed on exit: its ZeRO-3 hooks leave the modules and its optimizer
+        buffers are dropped."""
         import deepspeed
 
-        opt = None
-        if params:
-            opt = torch.optim.AdamW(params, lr=self.cfg.adapt.learning_rate, weight_decay=0.0)
+        a = adapt or self.cfg.adapt
+        config = copy.deepcopy(self.ds_config)
+        config["gradient_clipping"] = a.max_grad_norm
+        opt = torch.optim.AdamW(params, lr=a.learning_rate, weight_decay=0.0) if params else None
         # ZeRO-3's setup calls gc.collect(), which would scan every long-lived object of the process (~1 s
         # a call on CPU): frozen objects are skipped, and unfreezing puts them back as they were.
         gc.freeze()
         try:
-            engine, *_ = deepspeed.initialize(
-                model=model, optimizer=opt, config=copy.deepcopy(self.ds_config)
-            )
+            engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=config)
         finally:
             gc.unfreeze()
         try:
@@ -207,7 +193,7 @@ class ShardedStudent(Student):
         missing = [c for c in contexts if c.id not in self._baselines]
         if not missing:
             return
-        hooks = self._engine(self.model, None) if self.stage == 3 else nullcontext()
+        hooks = self._engine(self.model) if self.stage == 3 else nullcontext()
         with self._zero3(), hooks:
             for c in missing:
                 self._baselines[c.id] = self.score(c)
@@ -219,33 +205,29 @@ class ShardedStudent(Student):
     # -- one edit ------------------------------------------------------------------------------------------
     @contextmanager
     def adapted(  # type: ignore[override]
-        self, items: list[TrainingItem], seed: int, adapt: Any = None
+        self, items: list[TrainingItem], seed: int, adapt: AdaptConfig | None = None
     ) -> Iterator[float]:
-        """Inside: the student is adapted to ``items`` (``self.model`` is the adapted model, its engine alive
-        for scoring); on exit the engine is destroyed and the base restored bit-exactly (the adapter unloaded,
-        or the rank's saved partitions copied back after full fine-tuning)."""
-        if adapt is not None and adapt != self.cfg.adapt:
-            # The DeepSpeed engine is configured from the student's own settings; per-edit settings (an ARC
-            # directive's learning rate / epochs) would need an engine per edit: refused, recorded as a zero.
-            raise EditError(
-                "per-edit training settings are not supported for sharded students (sharding: none)"
-            )
-        a, base = self.cfg.adapt, self.model
+        """Inside: the student is adapted to ``items`` with ``adapt`` (default: its own settings; a task may
+        set them per edit) and ``self.model`` is the adapted model, its engine alive for scoring; on exit the
+        engine is destroyed and the base restored bit-exactly (the adapter unloaded, or the rank's saved
+        partitions copied back after full fine-tuning)."""
+        a, base = adapt or self.cfg.adapt, self.model
         with self._zero3():
             torch.manual_seed(seed)
             snapshot: list[torch.Tensor] | None = None
             if a.method == "lora":
                 from peft import get_peft_model
 
-                model = get_peft_model(base, _lora_config(a, self.model_type))
+                model = get_peft_model(base, lora_config(a, self.model_type))
             else:
                 snapshot = [_local_tensor(p).detach().clone() for p in base.parameters()]
                 for p in base.parameters():
                     p.requires_grad_(True)
                 model = base
             try:
-                with self._engine(model, [p for p in model.parameters() if p.requires_grad]) as engine:
-                    loss = self._train(engine, model, items, seed)
+                params = [p for p in model.parameters() if p.requires_grad]
+                with self._engine(model, params, a) as engine:
+                    loss = self._train(engine, model, items, seed, a)
                     self.model = model
                     yield loss
             finally:
@@ -263,32 +245,25 @@ class ShardedStudent(Student):
         model.eval()
         return model
 
-    def _train(self, engine: Any, model: Any, items: list[TrainingItem], seed: int) -> float:
-        """The inner loop of :meth:`Student.train_items` (same order, batches, optimizer, clipping), stepped
-        through the engine: the optimizer step and gradient reduction belong to DeepSpeed. Returns the mean
-        loss of the last epoch."""
-        a = self.cfg.adapt
-        rng = random.Random(seed)
-        order = list(range(len(items)))
-        model.train()
+    def _train(self, engine: Any, model: Any, items: list[TrainingItem], seed: int, a: AdaptConfig) -> float:
+        """The inner loop of :meth:`Student.train_items` (same schedule, train mode, optimizer, clipping),
+        stepped through the engine: the optimizer step and gradient reduction belong to DeepSpeed. Returns the
+        mean loss of the last epoch."""
+        set_train_mode(model, a.method)
         last = float("nan")
-        for _ in range(a.epochs):
-            rng.shuffle(order)
-            losses = [
-                self._step(engine, [items[j] for j in order[i : i + a.batch_size]])
-                for i in range(0, len(order), a.batch_size)
-            ]
+        for epoch in batch_schedule(len(items), a.epochs, a.batch_size, seed):
+            losses = [self._step(engine, [items[j] for j in idx], a) for idx in epoch]
             last = sum(losses) / len(losses)
         model.eval()
         return last
 
-    def _step(self, engine: Any, rows: list[TrainingItem]) -> float:
+    def _step(self, engine: Any, rows: list[TrainingItem], a: AdaptConfig) -> float:
         """One optimizer step on one batch, split across the ranks. Each rank's loss is its summed token
         losses over the whole batch's target count, times the world size: DeepSpeed averages the ranks'
         gradients, so the step equals one process's step on the whole batch (mean token loss)."""
         import torch.distributed as dist
 
-        a, env = self.cfg.adapt, current()
+        env = current()
         whole = collate(self.tok, rows, a.max_length, a.loss_on)
         n_targets = (whole.labels[:, 1:] != IGNORE).sum()
         mine = rank_rows(whole, env.rank, env.world_size).to(engine.device)
@@ -301,7 +276,7 @@ class ShardedStudent(Student):
         mean_loss = out.loss.detach().clone()
         dist.all_reduce(mean_loss)  # every rank sees the batch's loss, so all decide alike below
         if not torch.isfinite(mean_loss):
-            raise EditError(f"non-finite inner-loop loss ({mean_loss.item()}); lower adapt.learning_rate")
+            raise EditError(non_finite_loss(mean_loss.item()))
         engine.backward(out.loss * env.world_size)
         engine.step()
         return float(mean_loss)
@@ -319,13 +294,15 @@ class DistributedPool:
     the step, in order. Every rank runs the same number of steps, however the edits divide, so a rank with
     fewer edits waits at the gather instead of leaving the others in a collective."""
 
-    def __init__(self, students: list[Student | ShardedStudent], edits_per_rank: int = 1):
+    def __init__(self, students: list[Student | ShardedStudent], edits_per_rank: int | None = None):
         if not students:
             raise ValueError("the student pool is empty: configure at least one student")
         self.students = students
         self.sharded = [s for s in students if isinstance(s, ShardedStudent)]
         local = [s for s in students if not isinstance(s, ShardedStudent)]
         self.local = StudentPool(local) if local else None
+        if edits_per_rank is None:  # per rank per step: one batch of the unsharded students' inner loop
+            edits_per_rank = max((s.edit_batch_size for s in local), default=1)
         self.edits_per_rank = max(1, edits_per_rank)
 
     @property

@@ -103,9 +103,9 @@ def main(out_dir: Path, cache: str) -> None:
 
     # The pool: a ZeRO-3 student and an unsharded one; 3 edits, so one rank gets 1 edit and the other 2.
     gpt2 = Student(sc_gpt2, load_causal_lm(paths["gpt2-t"], sc_gpt2.model, CPU), toks["gpt2-t"], task)
-    calls = []
-    evaluate_edits = gpt2.evaluate_edits  # the pool's entry point (batched LoRA or one by one)
-    gpt2.evaluate_edits = lambda texts, *a: calls.extend([1] * len(texts)) or evaluate_edits(texts, *a)
+    calls: list[int] = []  # edits the unsharded student adapts on this rank
+    evaluate_edits = gpt2.evaluate_edits
+    gpt2.evaluate_edits = lambda texts, *a: calls.append(len(texts)) or evaluate_edits(texts, *a)
     edits = [
         Edit(ctxs[0].id, "notes", 0, qa_edit(ctxs[0]), "test"),
         Edit(ctxs[1].id, "notes", 0, "   ", "test"),  # no usable text
@@ -119,7 +119,7 @@ def main(out_dir: Path, cache: str) -> None:
     facts["pool"] = {
         "keys": [r.edit.key for r in results],
         "on_result": seen,
-        "local_edits": len(calls),
+        "local_edits": sum(calls),
         "results": [{n: outcome_facts(o) for n, o in r.per_student.items()} for r in results],
         "describe": pool.describe(),
     }
