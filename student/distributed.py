@@ -31,7 +31,7 @@ from orchestrator.config import AdaptConfig, StudentConfig
 from orchestrator.distributed import all_ranks, current
 from orchestrator.records import Context, Edit, EditResult, StudentOutcome, StudentScore
 from orchestrator.tasks.base import TrainingItem
-from student.pool import StudentPool, edit_seed
+from student.pool import StudentPool, edit_seed, unadapted_result
 from student.sequences import IGNORE, Batch, batch_schedule, collate
 from student.student import EditError, Student, lora_config, non_finite_loss, set_train_mode
 
@@ -328,8 +328,7 @@ class DistributedPool:
 
     def unadapted(self, edit: Edit, context: Context, reason: str) -> EditResult:
         """As :meth:`StudentPool.unadapted`: cached baselines, no student pass (the same on every rank)."""
-        per = {s.name: StudentOutcome(s.baseline(context), None, 0.0, error=reason) for s in self.students}
-        return EditResult(edit=edit, per_student=per, penalty=reason)
+        return unadapted_result(self.students, edit, context, reason)
 
     def evaluate(
         self,

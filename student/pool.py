@@ -52,8 +52,7 @@ class StudentPool:
     def unadapted(self, edit: Edit, context: Context, reason: str) -> EditResult:
         """The record of an edit no student is trained on (a degenerate edit): every student's cached baseline,
         no adapted score, ``reason`` as the error. Costs no student pass once baselines are cached."""
-        per = {s.name: StudentOutcome(s.baseline(context), None, 0.0, error=reason) for s in self.students}
-        return EditResult(edit=edit, per_student=per, penalty=reason)
+        return unadapted_result(self.students, edit, context, reason)
 
     def evaluate(
         self,
@@ -85,3 +84,9 @@ class StudentPool:
                     results.append(result)
                 bar.update(len(chunk))
         return results
+
+
+def unadapted_result(students: list[Any], edit: Edit, context: Context, reason: str) -> EditResult:
+    """An edit's record with every student's cached baseline, no adapted score and ``reason`` as the error."""
+    per = {s.name: StudentOutcome(s.baseline(context), None, 0.0, error=reason) for s in students}
+    return EditResult(edit=edit, per_student=per, penalty=reason)

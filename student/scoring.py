@@ -36,18 +36,30 @@ def token_f1(prediction: str, gold: str) -> float:
 
 
 @torch.no_grad()
-def greedy_answers(
-    model: Any, tok: Any, prompts: list[str], max_new_tokens: int, batch_size: int
+def greedy_completions(
+    model: Any,
+    tok: Any,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    position_limit: int | None = None,
 ) -> list[str]:
-    """Greedy, KV-cached decoding of each prompt (left-padded batches); the answer ends at a newline or EOS."""
+    """Greedy, KV-cached continuations of each prompt (left-padded batches, ending at EOS). With
+    ``position_limit``, a batch never generates past that many positions (an empty text if it has no room)."""
     device = next(model.parameters()).device
-    answers: list[str] = []
+    texts: list[str] = []
     for i in range(0, len(prompts), batch_size):
-        chunk = prompts[i : i + batch_size]
-        enc = tok(chunk, return_tensors="pt", padding=True, padding_side="left").to(device)
+        enc = tok(prompts[i : i + batch_size], return_tensors="pt", padding=True, padding_side="left").to(
+            device
+        )
+        width = enc["input_ids"].shape[1]
+        new = max_new_tokens if position_limit is None else min(max_new_tokens, position_limit - width)
+        if new <= 0:
+            texts += [""] * enc["input_ids"].shape[0]
+            continue
         out = model.generate(
             **enc,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=new,
             do_sample=False,
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
@@ -55,10 +67,16 @@ def greedy_answers(
             top_p=None,
             top_k=None,
         )
-        new = out[:, enc["input_ids"].shape[1] :]
-        for text in tok.batch_decode(new, skip_special_tokens=True):
-            answers.append(text.split("\n")[0].strip())
-    return answers
+        texts += tok.batch_decode(out[:, width:], skip_special_tokens=True)
+    return texts
+
+
+def greedy_answers(
+    model: Any, tok: Any, prompts: list[str], max_new_tokens: int, batch_size: int
+) -> list[str]:
+    """Greedy answers to QA prompts: the continuation's first line, stripped."""
+    texts = greedy_completions(model, tok, prompts, max_new_tokens, batch_size)
+    return [t.split("\n")[0].strip() for t in texts]
 
 
 @torch.no_grad()

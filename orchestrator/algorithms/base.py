@@ -233,3 +233,19 @@ def make_report(
 def student_evals(results: list[EditResult]) -> int:
     """(edit, student) pairs sent to the pool: degenerate edits cost none."""
     return sum(len(r.per_student) for r in results if r.penalty is None)
+
+
+def save_teacher(ctx: RunContext, round_index: int) -> None:
+    """Save the teacher after ``round_index`` updates as ``teacher/round_<k>`` (atomic, safetensors)."""
+    ctx.teacher.checkpoint = f"round_{round_index}"
+    ctx.teacher.save(ctx.rundir.teacher_dir(round_index))
+
+
+def load_teacher(ctx: RunContext, round_index: int) -> None:
+    """Load ``teacher/round_<k>`` into the run's teacher, on the device it is on."""
+    from orchestrator.models import load_causal_lm
+
+    path = ctx.rundir.teacher_dir(round_index)
+    device = next(ctx.teacher.model.parameters()).device
+    ctx.teacher.model = load_causal_lm(str(path), ctx.cfg.teacher.model, device)
+    ctx.teacher.checkpoint = f"round_{round_index}"

@@ -23,7 +23,15 @@ import tempfile
 import time
 from typing import Any
 
-from orchestrator.algorithms.base import RoundReport, RunContext, make_report, score_batch, score_edits
+from orchestrator.algorithms.base import (
+    RoundReport,
+    RunContext,
+    load_teacher,
+    make_report,
+    save_teacher,
+    score_batch,
+    score_edits,
+)
 from orchestrator.distributed import all_gather
 from orchestrator.records import Context, Edit, EditResult
 from teacher.prompts import render_prompt
@@ -237,16 +245,10 @@ class GRPO:
         return str(path) if round_index > 0 and path.is_dir() else self.ctx.initial_teacher
 
     def save_checkpoint(self, round_index: int) -> None:
-        self.ctx.teacher.checkpoint = f"round_{round_index}"
-        self.ctx.teacher.save(self.ctx.rundir.teacher_dir(round_index))
+        save_teacher(self.ctx, round_index)
 
     def load_checkpoint(self, round_index: int) -> None:
-        from orchestrator.models import load_causal_lm
-
-        path = self.ctx.rundir.teacher_dir(round_index)
-        device = next(self.ctx.teacher.model.parameters()).device
-        self.ctx.teacher.model = load_causal_lm(str(path), self.ctx.cfg.teacher.model, device)
-        self.ctx.teacher.checkpoint = f"round_{round_index}"
+        load_teacher(self.ctx, round_index)
 
     def cleanup(self) -> None:
         pass

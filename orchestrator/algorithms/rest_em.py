@@ -7,7 +7,14 @@ from __future__ import annotations
 import logging
 import time
 
-from orchestrator.algorithms.base import RoundReport, RunContext, make_report, score_edits
+from orchestrator.algorithms.base import (
+    RoundReport,
+    RunContext,
+    load_teacher,
+    make_report,
+    save_teacher,
+    score_edits,
+)
 from orchestrator.records import EditResult
 
 log = logging.getLogger(__name__)
@@ -58,16 +65,10 @@ class RestEM:
         return make_report(ctx, round_index, train, heldout, len(kept), started, loss)
 
     def save_checkpoint(self, round_index: int) -> None:
-        self.ctx.teacher.checkpoint = f"round_{round_index}"
-        self.ctx.teacher.save(self.ctx.rundir.teacher_dir(round_index))
+        save_teacher(self.ctx, round_index)
 
     def load_checkpoint(self, round_index: int) -> None:
-        from orchestrator.models import load_causal_lm
-
-        path = self.ctx.rundir.teacher_dir(round_index)
-        device = next(self.ctx.teacher.model.parameters()).device
-        self.ctx.teacher.model = load_causal_lm(str(path), self.ctx.cfg.teacher.model, device)
-        self.ctx.teacher.checkpoint = f"round_{round_index}"
+        load_teacher(self.ctx, round_index)
 
     def cleanup(self) -> None:
         pass

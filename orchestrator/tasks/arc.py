@@ -246,30 +246,9 @@ def _position_limit(model: Any) -> int | None:
 
 def greedy_texts(model: Any, tok: Any, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy continuations (left-padded batches, ending at EOS), kept within the model's positions."""
-    import torch
+    from student.scoring import greedy_completions
 
-    device = next(model.parameters()).device
-    limit = _position_limit(model)
-    texts: list[str] = []
-    for i in range(0, len(prompts), batch_size):
-        enc = tok(prompts[i : i + batch_size], return_tensors="pt", padding=True, padding_side="left")
-        new = max_new_tokens if limit is None else min(max_new_tokens, limit - enc["input_ids"].shape[1])
-        if new <= 0:
-            texts += [""] * enc["input_ids"].shape[0]
-            continue
-        with torch.no_grad():
-            out = model.generate(
-                **enc.to(device),
-                max_new_tokens=new,
-                do_sample=False,
-                pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-            )
-        texts += tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    return texts
+    return greedy_completions(model, tok, prompts, max_new_tokens, batch_size, _position_limit(model))
 
 
 def completion_logprobs(model: Any, tok: Any, items: list[TrainingItem], batch_size: int) -> list[float]:
