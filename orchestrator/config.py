@@ -58,6 +58,13 @@ class ModelConfig:
         metadata={"help": "Hub id (e.g. Qwen/Qwen2.5-7B) or local folder. Leave null to build `tiny`."},
     )
     tiny: TinyModelSpec | None = field(default=None, metadata={"help": "Spec of a locally built tiny model."})
+    gguf: str | None = field(
+        default=None,
+        metadata={
+            "help": "A GGUF checkpoint, converted once into the model cache: a registered source "
+            "(smollm2-135m-instruct, gemma-3-270m: real models shipped in registry packages) or a .gguf path."
+        },
+    )
     revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit)."})
     dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16"})
     trust_remote_code: bool = field(
@@ -74,9 +81,12 @@ class AdaptConfig:
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
-    target_modules: list[str] = field(
+    target_modules: list[str] | None = field(
         default_factory=lambda: ["all-linear"],
-        metadata={"help": "Modules that get adapters; ['all-linear'] picks every linear layer but the head."},
+        metadata={
+            "help": "Modules that get adapters; ['all-linear'] picks every linear layer but the head; null "
+            "uses peft's default for the architecture (SEAL's choice: q_proj, v_proj for Llama/Qwen2)."
+        },
     )
     learning_rate: float = field(default=1e-3, metadata={"help": "Inner-loop learning rate."})
     epochs: int = field(default=10, metadata={"help": "Passes over the edit's training sequences."})
@@ -96,6 +106,13 @@ class AdaptConfig:
         metadata={"help": "completion: mask prompt tokens out of the labels; all: train on every token."},
     )
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping; 0 disables."})
+    eval_times: int = field(
+        default=1,
+        metadata={
+            "help": "Independent updates (seeds) per edit, their adapted scores averaged: SEAL's eval_times "
+            "(3 in its SQuAD scripts). Costs that many updates per edit."
+        },
+    )
     edit_batch_size: int = field(
         default=8,
         metadata={
@@ -124,6 +141,13 @@ class StudentConfig:
     )
     max_new_tokens: int = field(default=16, metadata={"help": "Longest greedy answer when scoring."})
     eval_batch_size: int = field(default=32, metadata={"help": "Questions per scoring forward pass."})
+    use_chat_template: str = field(
+        default="auto",
+        metadata={
+            "help": "How questions (and QA training items) are put to the student: auto (its chat template "
+            "if its tokenizer has one, e.g. instruct models) | always | never (the task's base prompt)."
+        },
+    )
 
 
 @dataclass
@@ -225,6 +249,13 @@ class TaskConfig:
     num_heldout_contexts: int = field(default=16, metadata={"help": "Fixed contexts scored every round."})
     max_questions: int = field(default=0, metadata={"help": "Questions kept per context; 0 keeps all."})
     seed: int = field(default=0, metadata={"help": "Seed of the synthetic world / of context sampling."})
+    protocol: str = field(
+        default="seal",
+        metadata={
+            "help": "squad: seal (SEAL's training sequences and QA prompt, orchestrator/tasks/squad.py) | "
+            "qa_lines (one sequence per line, 'Q: A:' lines as QA, passage only with adapt.include_context)"
+        },
+    )
     arc: ArcTaskConfig = field(default_factory=ArcTaskConfig, metadata={"help": "Settings of task arc."})
 
 
@@ -306,7 +337,10 @@ class AlgorithmConfig:
     rounds: int = field(default=2, metadata={"help": "Teacher updates; rounds 0..rounds are scored."})
     keep: str = field(
         default="best_of_k",
-        metadata={"help": "best_of_k (best edit per context if reward > threshold) | threshold"},
+        metadata={
+            "help": "best_of_k (best edit per context if reward > threshold) | threshold (every edit above "
+            "it) | seal (SEAL's: best edit per context whatever its sign; threshold unused)"
+        },
     )
     threshold: float = field(default=0.0, metadata={"help": "Edits must have reward strictly above this."})
     grpo: GRPOSettings = field(default_factory=GRPOSettings)
@@ -507,11 +541,17 @@ def _check(cond: bool, where: str, message: str) -> None:
 
 
 def _check_model(m: ModelConfig, where: str) -> None:
-    _check(m.path is not None or m.tiny is not None, where, "set model.path (hub id or folder) or model.tiny")
+    sources = [k for k in ("path", "gguf") if getattr(m, k) is not None]
+    _check(
+        bool(sources) or m.tiny is not None,
+        where,
+        "set model.path (hub id or folder), model.gguf (a registered GGUF source or .gguf file) or model.tiny",
+    )
+    _check(len(sources) <= 1, where, "set only one of model.path and model.gguf")
     _check(
         m.dtype in ("float32", "bfloat16", "float16"), f"{where}.dtype", "use float32, bfloat16 or float16"
     )
-    if m.tiny is not None and m.path is None:
+    if m.tiny is not None and not sources:
         t = m.tiny
         _check(t.family in ("llama", "qwen2", "gpt2"), f"{where}.tiny.family", "use llama, qwen2 or gpt2")
         _check(
@@ -562,6 +602,7 @@ def validate(cfg: Config) -> None:
     _check(cfg.task.num_train_contexts >= 1, "task.num_train_contexts", "must be >= 1")
     _check(cfg.task.num_heldout_contexts >= 0, "task.num_heldout_contexts", "must be >= 0")
     _check(cfg.task.max_questions >= 0, "task.max_questions", "must be >= 0 (0 keeps all)")
+    _check(cfg.task.protocol in ("seal", "qa_lines"), "task.protocol", "use seal or qa_lines")
     if cfg.task.path is not None:
         _check(Path(cfg.task.path).is_file(), "task.path", f"file not found: {cfg.task.path}")
     if cfg.task.name == "arc":
@@ -612,6 +653,17 @@ def validate(cfg: Config) -> None:
         _check(s.sharding in ("none", "zero2", "zero3"), f"{where}.sharding", "use none, zero2 or zero3")
         _check(s.offload in ("none", "cpu"), f"{where}.offload", "use none or cpu")
         _check(
+            s.use_chat_template in ("auto", "always", "never"),
+            f"{where}.use_chat_template",
+            "use auto, always or never",
+        )
+        _check(a.eval_times >= 1, f"{where}.adapt.eval_times", "must be >= 1 (updates averaged per edit)")
+        _check(
+            a.target_modules is None or len(a.target_modules) > 0,
+            f"{where}.adapt.target_modules",
+            "give module names, ['all-linear'], or null for peft's per-architecture default",
+        )
+        _check(
             s.offload == "none" or s.sharding != "none",
             f"{where}.offload",
             "offload needs sharding: zero2 or zero3 (set offload: none for an unsharded student)",
@@ -629,7 +681,11 @@ def validate(cfg: Config) -> None:
 
     _check(cfg.algorithm.name in ALGORITHMS, "algorithm.name", f"choose from {sorted(ALGORITHMS)}")
     _check(cfg.algorithm.rounds >= 0, "algorithm.rounds", "must be >= 0")
-    _check(cfg.algorithm.keep in ("best_of_k", "threshold"), "algorithm.keep", "use best_of_k or threshold")
+    _check(
+        cfg.algorithm.keep in ("best_of_k", "threshold", "seal"),
+        "algorithm.keep",
+        "use best_of_k, threshold or seal",
+    )
     if cfg.algorithm.name == "grpo":
         _check_grpo(cfg)
     if cfg.judge is not None:

@@ -195,7 +195,11 @@ def prebuild_tiny_models(cfg: Any, task: Any) -> None:
     from orchestrator.config import to_yaml
     from orchestrator.models import tiny_dir
 
-    specs = [m.tiny for m in [cfg.teacher.model, *(s.model for s in cfg.students)] if m.path is None]
+    specs = [
+        m.tiny
+        for m in [cfg.teacher.model, *(s.model for s in cfg.students)]
+        if m.path is None and m.gguf is None
+    ]
     missing = [s for s in specs if not (tiny_dir(s, task, Path(cfg.run.cache_dir)) / "config.json").is_file()]
 
     def build() -> None:

@@ -83,15 +83,26 @@ def _load_hint(what: str, path: str, exc: Exception) -> str:
 
 
 def resolve_model_path(mc: ModelConfig, role: str, task: Any, cache_dir: str | Path) -> str:
-    """The folder or hub id to load: ``mc.path`` as given, or the cached tiny build (built if absent)."""
+    """The folder or hub id to load: ``mc.path`` as given, the converted folder of ``mc.gguf`` (converted
+    once, :mod:`orchestrator.gguf`), or the cached tiny build (built if absent)."""
     if mc.path is not None:
         return mc.path
-    assert mc.tiny is not None, "validated: path or tiny is set"
+    if mc.gguf is not None:
+        from orchestrator import gguf
+
+        try:
+            return str(gguf.resolve(mc.gguf, cache_dir, trust_remote_code=mc.trust_remote_code))
+        except gguf.GGUFSourceError as exc:
+            raise ModelLoadError(f"{role}: {exc}") from None
+    assert mc.tiny is not None, "validated: path, gguf or tiny is set"
     return str(build_tiny(mc.tiny, task, Path(cache_dir)))
 
 
 def tiny_dir(spec: TinyModelSpec, task: Any, cache_dir: Path) -> Path:
-    key = json.dumps({"spec": asdict(spec), "task": task.name, "v": BUILDER_VERSION}, sort_keys=True)
+    key_fields = {"spec": asdict(spec), "task": task.name, "v": BUILDER_VERSION}
+    if getattr(task, "protocol", "qa_lines") != "qa_lines":  # the corpus's QA prompts follow the protocol
+        key_fields["protocol"] = task.protocol
+    key = json.dumps(key_fields, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return cache_dir / "tiny" / f"{task.name}-{spec.pretrain}-{spec.family}-{digest}"
 

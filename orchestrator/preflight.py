@@ -9,6 +9,7 @@ here touches the network.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,19 @@ def hub_offline() -> bool:
 
 def check_model_source(mc: ModelConfig, where: str) -> None:
     """A local folder must hold ``config.json``; a hub id must be cached locally when the hub is offline."""
+    if mc.gguf is not None:
+        from orchestrator import gguf
+
+        if gguf.is_registered(mc.gguf):
+            src = gguf.SOURCES[mc.gguf]
+            if importlib.util.find_spec(src.module) is None:
+                raise ConfigError(f"{where}.gguf={mc.gguf}: its package is not installed: {src.install}")
+        elif not Path(mc.gguf).expanduser().is_file():
+            raise ConfigError(
+                f"{where}.gguf: '{mc.gguf}' is neither a registered source ({', '.join(sorted(gguf.SOURCES))}) "
+                f"nor an existing .gguf file"
+            )
+        return
     if mc.path is None:
         return  # a tiny spec, built locally
     path = Path(mc.path).expanduser()

@@ -197,6 +197,7 @@ class Sweep:
             sc = copy.deepcopy(sc)
             if (
                 sc.model.path is None
+                and sc.model.gguf is None
                 and sc.model.tiny is not None
                 and sc.model.tiny.tokenizer_from == "teacher"
             ):
@@ -255,6 +256,8 @@ class Sweep:
         student = {"cfg": dataclasses.asdict(sc), "task": dataclasses.asdict(self.cfg.task)}
         if sc.model.path is not None:
             student["weights"] = file_digest(sc.model.path) if Path(sc.model.path).exists() else sc.model.path
+        if sc.model.gguf is not None:
+            student["weights"] = sc.model.gguf
         src = None if source is None else [source.name, source.kind, source.digest]
         return digest([SWEEP_VERSION, proto, student, src, data, self.cfg.run.seed])[:20]
 

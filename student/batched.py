@@ -274,11 +274,12 @@ def score_adapters(ml: MultiLoRA, contexts: list[Context], which: list[int]) -> 
     out = {i: StudentScore(0.0, 0.0, 0.0, 0) for i in which if not contexts[i].questions}
     todo = [i for i in which if contexts[i].questions]
     for part in _passes(todo, [len(contexts[i].questions) for i in todo], s.cfg.eval_batch_size):
-        qs = [q for i in part for q in contexts[i].questions]
-        prompts, golds = [s.task.qa_prompt(q.question) for q in qs], [q.answer for q in qs]
+        qs = [(q, contexts[i]) for i in part for q in contexts[i].questions]
+        prompts, golds = [s.qa_prompt(q.question, c) for q, c in qs], [q.answer for q, _ in qs]
+        special = not s.chat
         with ml.route(part, [len(contexts[i].questions) for i in part]):
-            preds = greedy_answers(ml.model, s.tok, prompts, s.cfg.max_new_tokens, len(prompts))
-            lps = gold_logprobs(ml.model, s.tok, prompts, golds, len(prompts))
+            preds = greedy_answers(ml.model, s.tok, prompts, s.cfg.max_new_tokens, len(prompts), special)
+            lps = gold_logprobs(ml.model, s.tok, prompts, golds, len(prompts), special)
         start = 0
         for i in part:
             end = start + len(contexts[i].questions)
@@ -325,7 +326,7 @@ def evaluate_batch(
             "out of memory adapting %d edits together: retrying one at a time; lower adapt.edit_batch_size",
             len(live),
         )
-        return [student.evaluate_edit(t, c, s) for t, c, s in zip(edit_texts, contexts, seeds)]
+        return [student.evaluate_once(t, c, s) for t, c, s in zip(edit_texts, contexts, seeds)]
     for g, i in enumerate(live):
         loss, error = trained[g]
         out[i] = StudentOutcome(bases[i], scores.get(g), 0.0, error=error, train_loss=loss, note=notes[i])

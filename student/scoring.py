@@ -43,15 +43,21 @@ def greedy_completions(
     max_new_tokens: int,
     batch_size: int,
     position_limit: int | None = None,
+    add_special_tokens: bool = True,
 ) -> list[str]:
     """Greedy, KV-cached continuations of each prompt (left-padded batches, ending at EOS). With
-    ``position_limit``, a batch never generates past that many positions (an empty text if it has no room)."""
+    ``position_limit``, a batch never generates past that many positions (an empty text if it has no room).
+    ``add_special_tokens=False`` for prompts that already hold them (a rendered chat template)."""
     device = next(model.parameters()).device
     texts: list[str] = []
     for i in range(0, len(prompts), batch_size):
-        enc = tok(prompts[i : i + batch_size], return_tensors="pt", padding=True, padding_side="left").to(
-            device
-        )
+        enc = tok(
+            prompts[i : i + batch_size],
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",
+            add_special_tokens=add_special_tokens,
+        ).to(device)
         width = enc["input_ids"].shape[1]
         new = max_new_tokens if position_limit is None else min(max_new_tokens, position_limit - width)
         if new <= 0:
@@ -72,27 +78,42 @@ def greedy_completions(
 
 
 def greedy_answers(
-    model: Any, tok: Any, prompts: list[str], max_new_tokens: int, batch_size: int
+    model: Any,
+    tok: Any,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    add_special_tokens: bool = True,
 ) -> list[str]:
-    """Greedy answers to QA prompts: the continuation's first line, stripped."""
-    texts = greedy_completions(model, tok, prompts, max_new_tokens, batch_size)
+    """Greedy answers to QA prompts: the continuation's first line, stripped (special tokens such as an
+    end-of-turn token are never part of it)."""
+    texts = greedy_completions(
+        model, tok, prompts, max_new_tokens, batch_size, add_special_tokens=add_special_tokens
+    )
     return [t.split("\n")[0].strip() for t in texts]
 
 
 @torch.no_grad()
 def gold_logprobs(
-    model: Any, tok: Any, prompts: list[str], answers: list[str], batch_size: int
+    model: Any,
+    tok: Any,
+    prompts: list[str],
+    answers: list[str],
+    batch_size: int,
+    add_special_tokens: bool = True,
 ) -> list[float]:
-    """Mean per-token log-probability of each gold answer (``" " + answer`` then EOS) after its prompt.
+    """Mean per-token log-probability of each gold answer's tokens after its prompt (the answer follows the
+    prompt as :func:`student.prompting.answer_continuation` says: directly after whitespace, else after a
+    space). Teacher-forced, one forward pass per batch: no decoding."""
+    from student.prompting import answer_continuation
 
-    Teacher-forced, one forward pass per batch: no decoding."""
     device = next(model.parameters()).device
     out: list[float] = []
     for i in range(0, len(prompts), batch_size):
         seqs, spans = [], []
         for p, a in zip(prompts[i : i + batch_size], answers[i : i + batch_size]):
-            pi = tok(p, add_special_tokens=True)["input_ids"]
-            ai = tok(" " + a.strip(), add_special_tokens=False)["input_ids"]
+            pi = tok(p, add_special_tokens=add_special_tokens)["input_ids"]
+            ai = tok(answer_continuation(p, a), add_special_tokens=False)["input_ids"]
             seqs.append(pi + ai)
             spans.append((len(pi), len(pi) + len(ai)))
         width = max(len(s) for s in seqs)
@@ -111,15 +132,24 @@ def gold_logprobs(
 
 
 def score_context(
-    model: Any, tok: Any, task: Any, context: Context, max_new_tokens: int, batch_size: int
+    model: Any,
+    tok: Any,
+    task: Any,
+    context: Context,
+    max_new_tokens: int,
+    batch_size: int,
+    chat: bool = False,
 ) -> StudentScore:
-    """Score a student on a context's questions without the context in the prompt."""
+    """Score a student on a context's questions without the context in the prompt (``chat``: asked through
+    its chat template, :mod:`student.prompting`)."""
+    from student.prompting import qa_prompt
+
     if not context.questions:
         return StudentScore(0.0, 0.0, 0.0, 0)
-    prompts = [task.qa_prompt(q.question) for q in context.questions]
+    prompts = [qa_prompt(task, tok, chat, q.question, context) for q in context.questions]
     golds = [q.answer for q in context.questions]
-    preds = greedy_answers(model, tok, prompts, max_new_tokens, batch_size)
-    lps = gold_logprobs(model, tok, prompts, golds, batch_size)
+    preds = greedy_answers(model, tok, prompts, max_new_tokens, batch_size, add_special_tokens=not chat)
+    lps = gold_logprobs(model, tok, prompts, golds, batch_size, add_special_tokens=not chat)
     return aggregate_score(preds, golds, lps)
 
 

@@ -26,9 +26,12 @@ class Batch:
 def encode_item(
     tok: Any, item: TrainingItem, max_length: int, loss_on: str = "completion"
 ) -> tuple[list[int], list[int]]:
-    """``(input_ids, labels)`` for one item: prompt ids (with the tokenizer's own special prefix, e.g. BOS),
-    completion ids, then EOS. Prompt tokens get IGNORE labels unless ``loss_on == "all"``."""
-    prompt_ids = tok(item.prompt, add_special_tokens=True)["input_ids"] if item.prompt else _prefix(tok)
+    """``(input_ids, labels)`` for one item: prompt ids (with the tokenizer's own special prefix, e.g. BOS,
+    unless the prompt is a rendered chat template that holds it), completion ids, then EOS. Prompt tokens get IGNORE labels unless ``loss_on == "all"``."""
+    if item.rendered:  # a rendered chat template already holds its special tokens
+        prompt_ids = tok(item.prompt, add_special_tokens=False)["input_ids"]
+    else:
+        prompt_ids = tok(item.prompt, add_special_tokens=True)["input_ids"] if item.prompt else _prefix(tok)
     completion_ids = tok(item.completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     ids = (prompt_ids + completion_ids)[:max_length]
     n_prompt = min(len(prompt_ids), len(ids))

@@ -19,6 +19,7 @@ from orchestrator import faults
 from orchestrator.config import AdaptConfig, StudentConfig
 from orchestrator.records import Context, StudentOutcome, StudentScore
 from orchestrator.tasks.base import TrainingItem
+from student.prompting import answer_continuation, qa_prompt, uses_chat_template
 from student.scoring import score_context
 from student.sequences import batch_schedule, clean_text, collate, fit_items
 
@@ -40,6 +41,21 @@ class Student:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self._baselines: dict[str, StudentScore] = {}
+        self.chat = uses_chat_template(tokenizer, cfg.use_chat_template)
+
+    def qa_prompt(self, question: str, context: Context | None = None) -> str:
+        """The text this student is asked ``question`` with (its chat template when :attr:`chat`)."""
+        return qa_prompt(self.task, self.tok, self.chat, question, context)
+
+    def render_item(self, item: TrainingItem, context: Context) -> TrainingItem:
+        """A question-answer training item in this student's own QA format (chat template when :attr:`chat`,
+        the task's base prompt otherwise); other items unchanged."""
+        if item.question is None or not self.chat:
+            return item
+        prompt = self.qa_prompt(item.question, context)
+        return TrainingItem(
+            prompt, answer_continuation(prompt, item.completion), item.question, rendered=True
+        )
 
     @property
     def model_type(self) -> str:
@@ -57,7 +73,13 @@ class Student:
             faults.point("score")
             return score
         score = score_context(
-            self.model, self.tok, self.task, context, self.cfg.max_new_tokens, self.cfg.eval_batch_size
+            self.model,
+            self.tok,
+            self.task,
+            context,
+            self.cfg.max_new_tokens,
+            self.cfg.eval_batch_size,
+            chat=self.chat,
         )
         faults.point("score")
         return score
@@ -82,6 +104,7 @@ class Student:
             return [], a, f"edit rejected by the task: {exc}", None
         if not items or all(not (it.completion.strip()) for it in items):
             return [], a, NO_USABLE_TEXT, None
+        items = [self.render_item(it, context) for it in items]
         items, note = fit_items(self.tok, items, a.max_length, a.max_sequences, a.loss_on)
         if not items:
             return [], a, "edit has no trainable token", note
@@ -95,7 +118,14 @@ class Student:
         return items, error, note
 
     def evaluate_edit(self, edit_text: str, context: Context, seed: int) -> StudentOutcome:
-        """Adapt to the edit, score without the context, restore. Failures give a recorded zero reward."""
+        """Adapt to the edit, score without the context, restore. Failures give a recorded zero reward.
+        With ``adapt.eval_times`` > 1, the mean of that many updates (:meth:`evaluate_edits`)."""
+        if self.cfg.adapt.eval_times > 1:
+            return self.evaluate_edits([edit_text], [context], [seed])[0]
+        return self.evaluate_once(edit_text, context, seed)
+
+    def evaluate_once(self, edit_text: str, context: Context, seed: int) -> StudentOutcome:
+        """One update on the edit (whatever ``adapt.eval_times`` says), scored and restored."""
         base = self.baseline(context)
         items, adapt, error, note = self.prepare(edit_text, context, seed)
         if error is not None:
@@ -121,12 +151,26 @@ class Student:
         self, edit_texts: list[str], contexts: list[Context], seeds: list[int]
     ) -> list[StudentOutcome]:
         """:meth:`evaluate_edit` for each edit, with the same results; LoRA edits are adapted and scored in
-        batches of :attr:`edit_batch_size` (:mod:`student.batched`)."""
+        batches of :attr:`edit_batch_size` (:mod:`student.batched`).
+
+        ``adapt.eval_times`` = t > 1 (SEAL's ``eval_times``): each edit is adapted t times, from its seed and
+        t - 1 seeds derived from it, and its adapted score is the mean of the t scores (the t updates of an
+        edit share a batch like any other edits); an edit that fails in any update is a recorded failure."""
+        t = self.cfg.adapt.eval_times
+        if t <= 1:
+            return self._evaluate_all(edit_texts, contexts, seeds)
+        rep = [(e, c, repeat_seed(s, r)) for e, c, s in zip(edit_texts, contexts, seeds) for r in range(t)]
+        outs = self._evaluate_all([e for e, _, _ in rep], [c for _, c, _ in rep], [s for _, _, s in rep])
+        return [mean_outcome(outs[i * t : (i + 1) * t]) for i in range(len(edit_texts))]
+
+    def _evaluate_all(
+        self, edit_texts: list[str], contexts: list[Context], seeds: list[int]
+    ) -> list[StudentOutcome]:
         n = self.edit_batch_size
         if n <= 1 or callable(
             getattr(self.task, "training_items_for", None)
         ):  # per-edit lr/epochs: one by one
-            return [self.evaluate_edit(t, c, s) for t, c, s in zip(edit_texts, contexts, seeds)]
+            return [self.evaluate_once(t, c, s) for t, c, s in zip(edit_texts, contexts, seeds)]
         from student.batched import evaluate_batch
 
         out: list[StudentOutcome] = []
@@ -230,6 +274,30 @@ class _Adapted:
 NO_USABLE_TEXT = "edit has no usable text"
 
 
+def repeat_seed(seed: int, r: int) -> int:
+    """The seed of an edit's r-th update under ``adapt.eval_times`` (r = 0: the edit's own seed)."""
+    return seed if r == 0 else (seed * 1_000_003 + r * 7_919) & 0x7FFFFFFF
+
+
+def mean_outcome(outcomes: list[StudentOutcome]) -> StudentOutcome:
+    """One edit's outcome from its ``eval_times`` updates: the mean adapted score, or the first failure."""
+    first = outcomes[0]
+    failed = next((o for o in outcomes if o.adapted is None), None)
+    if failed is not None:
+        return failed
+    n = len(outcomes)
+    adapted = [o.adapted for o in outcomes if o.adapted is not None]
+    mean = StudentScore(
+        em=sum(a.em for a in adapted) / n,
+        f1=sum(a.f1 for a in adapted) / n,
+        logprob=sum(a.logprob for a in adapted) / n,
+        n_questions=adapted[0].n_questions,
+    )
+    losses = [o.train_loss for o in outcomes if o.train_loss is not None]
+    loss = sum(losses) / len(losses) if losses else None
+    return StudentOutcome(first.baseline, mean, 0.0, train_loss=loss, note=first.note)
+
+
 def non_finite_loss(value: float) -> str:
     return f"non-finite inner-loop loss ({value}); lower adapt.learning_rate"
 
@@ -238,7 +306,13 @@ def lora_config(a: AdaptConfig, model_type: str) -> Any:
     """The peft ``LoraConfig`` of a student's inner loop (shared by the sequential and batched paths)."""
     from peft import LoraConfig
 
-    targets: Any = "all-linear" if a.target_modules == ["all-linear"] else list(a.target_modules)
+    targets: Any
+    if a.target_modules is None:
+        targets = None  # peft's per-architecture default (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING)
+    elif list(a.target_modules) == ["all-linear"]:
+        targets = "all-linear"
+    else:
+        targets = list(a.target_modules)
     return LoraConfig(
         r=a.lora_r,
         lora_alpha=a.lora_alpha,

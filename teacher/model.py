@@ -96,10 +96,23 @@ class Teacher:
         bar.close()
         return edits
 
+    def sft_records(self, pairs: list[tuple[str, str]]) -> list[dict[str, list[int]]]:
+        """(prompt, edit) pairs tokenized exactly as :meth:`propose` conditions on the prompt: special tokens
+        added only when no chat template was applied (a rendered template already holds them; TRL tokenizing
+        the rendered text again would add a second BOS for tokenizers that add one), then the edit's tokens and
+        EOS. ``completion_mask`` marks the edit and EOS, the only tokens with a loss."""
+        records = []
+        for prompt, edit in pairs:
+            p = self.tok(prompt, add_special_tokens=not self.uses_chat_template)["input_ids"]
+            c = self.tok(edit, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
+            records.append({"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)})
+        return records
+
     def train(self, pairs: list[tuple[str, str]], seed: int, progress: bool = False) -> float:
-        """SFT on (prompt, edit) pairs through TRL's SFTTrainer (loss on the edit only). Returns the loss."""
+        """SFT on (prompt, edit) pairs through TRL's SFTTrainer (loss on the edit only), tokenized as sampled
+        (:meth:`sft_records`). Returns the loss."""
         t = self.cfg.train
-        records = [{"prompt": p, "completion": c} for p, c in pairs]
+        records = self.sft_records(pairs)
         self.model, loss = sft_train(
             self.model,
             self.tok,

@@ -1,6 +1,7 @@
 """Edit prompt formats: what the teacher is asked to write for a context.
 
-``implications``, ``rewrite`` and ``self-qa`` are SEAL's SQuAD prompts (Zweiger et al., 2025). ``notes`` is
+``implications`` (and its ``-long`` / ``-very-long`` variants), ``rewrite`` and ``self-qa`` are SEAL's SQuAD
+base-model prompts, word for word (its ``make_squad_data.py``; Zweiger et al., 2025). ``notes`` is
 the open prompt of the synthetic task, where the teacher chooses the style of its edits itself.
 ``arc-directive`` asks for SEAL's ARC directive (augmentations and training settings) as JSON.
 Templates are plain ``str.format`` strings with ``{title}`` and ``{context}``; nothing is evaluated.
@@ -19,9 +20,19 @@ PROMPT_FORMATS: dict[str, str] = {
         "Let's read the following passage and rewrite it in a few different ways, each one separated by a "
         "newline.\n\nPassage:\n{title}\n{context}\n\nRewritten passages:\n"
     ),
+    "implications-long": (
+        "Let's read the following passage and produce a long list of implications derived directly or "
+        "indirectly from the content.\n\nPassage:\n{title}\n{context}\n\nImplications:\n"
+    ),
+    "implications-very-long": (
+        "Let's read the following passage and produce a very long list of implications derived directly or "
+        "indirectly from the content.\n\nPassage:\n{title}\n{context}\n\nImplications:\n"
+    ),
+    # SEAL's self-qa prompt ends in "Question 1: ": the edit starts with the first question's text (the SQuAD
+    # task's SEAL protocol puts the "Question 1: " back when it splits the edit)
     "self-qa": (
-        "Let's read the following passage and rewrite it in a question-answer format, one 'Q: ... A: ...' "
-        "pair per line.\n\nPassage:\n{title}\n{context}\n\nQuestions and answers:\n"
+        "Let's read the following passage and rewrite it in a question-answer format.\n\n"
+        "Passage:\n{title}\n{context}\n\nQuestion 1: "
     ),
     "notes": "Passage: {context}\nNotes:\n",
     # SEAL's ARC self-edit prompt, shortened so tiny teachers fit it: the task's training pairs, then the

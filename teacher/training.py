@@ -39,8 +39,8 @@ def sft_train(
     progress: bool = False,
     callbacks: list[Any] | None = None,
 ) -> tuple[Any, float]:
-    """Train ``model`` on ``records`` (``{"prompt", "completion"}``: loss on completions only, or ``{"text"}``:
-    loss on all tokens). Returns ``(model, mean training loss)``; with ``method="lora"`` the adapter is merged
+    """Train ``model`` on ``records`` (``{"prompt", "completion"}``: loss on completions only; ``{"text"}``:
+    loss on all tokens; or pre-tokenized ``{"input_ids", "completion_mask"}``: loss where the mask is 1). Returns ``(model, mean training loss)``; with ``method="lora"`` the adapter is merged
     into the returned model so the caller always holds a plain ``PreTrainedModel``."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -77,6 +77,7 @@ def sft_train(
         dataset_num_proc=None,
         deepspeed=deepspeed,
         remove_unused_columns=True,
+        completion_only_loss=True if "completion_mask" in records[0] else None,
     )
     peft_config = None
     if method == "lora":

@@ -97,4 +97,6 @@ def test_split_edit_and_qa_items():
     ctx = Context("c", "The passage.", ())
     items = qa_training_items(text, ctx, include_context=True)
     assert items[0] == TrainingItem("", "The passage.")
-    assert items[2] == TrainingItem("Q: What colour is the sky? A:", " blue")
+    assert items[2] == TrainingItem(
+        "Q: What colour is the sky? A:", " blue", question="What colour is the sky?"
+    )

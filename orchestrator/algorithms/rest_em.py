@@ -20,18 +20,28 @@ from orchestrator.records import EditResult
 log = logging.getLogger(__name__)
 
 
+KEEP_RULES = ("best_of_k", "threshold", "seal")
+
+
 def select_edits(results: list[EditResult], rule: str, threshold: float) -> list[EditResult]:
     """``best_of_k``: per context, the highest-reward edit if its reward > threshold (ties: lowest sample
-    index). ``threshold``: every edit with reward > threshold."""
+    index). ``threshold``: every edit with reward > threshold. ``seal``: SEAL's rule (its
+    ``build_SFT_dataset.py``, top 1 of k by adapted score): per context, the highest-reward edit whatever its
+    sign, since all k edits of a context share the baseline, the best gain is the best relative to the other
+    samples; edits that no student could use (recorded errors or a penalty) are never kept."""
     if rule == "threshold":
         return [r for r in results if r.reward > threshold]
-    if rule != "best_of_k":
-        raise ValueError(f"unknown keep rule {rule!r}; use best_of_k or threshold")
+    if rule not in KEEP_RULES:
+        raise ValueError(f"unknown keep rule {rule!r}; use one of {KEEP_RULES}")
     best: dict[str, EditResult] = {}
     for r in results:
+        if rule == "seal" and (r.penalty or all(o.adapted is None for o in r.per_student.values())):
+            continue
         cur = best.get(r.edit.context_id)
         if cur is None or r.reward > cur.reward:
             best[r.edit.context_id] = r
+    if rule == "seal":
+        return list(best.values())
     return [r for r in best.values() if r.reward > threshold]
 
 
@@ -57,8 +67,9 @@ class RestEM:
                 )
             else:
                 log.warning(
-                    "round %d: no edit had reward > %s; the teacher is not updated",
+                    "round %d: no edit was kept (keep=%s, threshold %s); the teacher is not updated",
                     round_index,
+                    cfg.algorithm.keep,
                     cfg.algorithm.threshold,
                 )
             self.save_checkpoint(round_index + 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable
@@ -85,11 +86,12 @@ def answer_questions(student: Any, contexts: list[Context]) -> list[Answer]:
     qs = [(c.id, i, q) for c in contexts for i, q in enumerate(c.questions)]
     if not qs:
         return []
-    prompts = [student.task.qa_prompt(q.question) for _, _, q in qs]
+    by_id = {c.id: c for c in contexts}
+    prompts = [student.qa_prompt(q.question, by_id[cid]) for cid, _, q in qs]
     golds = [q.answer for _, _, q in qs]
-    bs = student.cfg.eval_batch_size
-    preds = greedy_answers(student.model, student.tok, prompts, student.cfg.max_new_tokens, bs)
-    lps = gold_logprobs(student.model, student.tok, prompts, golds, bs)
+    bs, special = student.cfg.eval_batch_size, not student.chat
+    preds = greedy_answers(student.model, student.tok, prompts, student.cfg.max_new_tokens, bs, special)
+    lps = gold_logprobs(student.model, student.tok, prompts, golds, bs, special)
     return [
         Answer(cid, i, q.question, q.answer, p, exact_match(p, q.answer), token_f1(p, q.answer), lp)
         for (cid, i, q), p, lp in zip(qs, preds, lps)
@@ -122,7 +124,10 @@ def edit_items(
     text is one sequence of the raw passage. Returns ``(items, note, error)``; no items means unusable."""
     text = clean_text(text)
     if kind == "passage":
-        items = [TrainingItem(prompt="", completion=text)]
+        passage_item = getattr(student.task, "passage_item", None)  # SEAL: the passage under its title
+        items = [
+            passage_item(context) if callable(passage_item) else TrainingItem(prompt="", completion=text)
+        ]
     else:
         try:
             items = student.task.training_items(text, context, include_context)
@@ -130,6 +135,7 @@ def edit_items(
             return [], None, f"edit rejected by the task: {exc}"
     if not usable(items):
         return [], None, "edit has no usable text"
+    items = [student.render_item(it, context) for it in items]  # QA items in the student's own format
     a = student.cfg.adapt
     items, note = fit_items(student.tok, items, a.max_length, a.max_sequences, a.loss_on)
     return items, note, None if items else "edit has no trainable token"
@@ -158,10 +164,20 @@ def adapt_and_score(
     student: Any, items: list[TrainingItem], eval_contexts: list[Context], seed: int, base: BaseAnswers
 ) -> tuple[list[Answer], float | None, str | None]:
     """Adapt ``student`` to ``items`` (its adapt config: LoRA or full), answer ``eval_contexts``' questions,
-    restore it. Returns ``(answers, train_loss, error)``; on failure the answers are the base student's."""
+    restore it. Returns ``(answers, train_loss, error)``; on failure the answers are the base student's.
+
+    With ``adapt.eval_times`` = t > 1 (SEAL's ``eval_times``) the update is made t times from independent
+    seeds and each question's EM, F1 and log-prob are averaged over the t updates (the prediction shown is the
+    first update's); the loss is the mean of the t final losses."""
+    times = max(1, int(getattr(student.cfg.adapt, "eval_times", 1)))
     try:
-        with student.adapted(items, seed) as loss:
-            return answer_questions(student, eval_contexts), loss, None
+        runs, losses = [], []
+        for r in range(times):
+            seed_r = seed if r == 0 else update_seed(seed, "eval_times", student.name, r, [])
+            with student.adapted(items, seed_r) as loss:
+                runs.append(answer_questions(student, eval_contexts))
+                losses.append(loss)
+        return average_answers(runs), sum(losses) / len(losses), None
     except EditError as exc:
         error = str(exc)
     except torch.OutOfMemoryError:
@@ -169,6 +185,23 @@ def adapt_and_score(
             torch.cuda.empty_cache()
         error = "out of memory while adapting or scoring; lower adapt.batch_size or eval_batch_size"
     return base.get(student, eval_contexts), None, error
+
+
+def average_answers(runs: list[list[Answer]]) -> list[Answer]:
+    """Per question, the mean EM, F1 and log-prob over several updates' answers (same questions, same
+    order); the first update's prediction text."""
+    if len(runs) == 1:
+        return runs[0]
+    n = len(runs)
+    return [
+        dataclasses.replace(
+            first,
+            em=sum(r[j].em for r in runs) / n,
+            f1=sum(r[j].f1 for r in runs) / n,
+            logprob=sum(r[j].logprob for r in runs) / n,
+        )
+        for j, first in enumerate(runs[0])
+    ]
 
 
 def timed_update(

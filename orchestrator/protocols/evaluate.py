@@ -67,6 +67,7 @@ class EvalRequest:
     sources: list[str] = field(default_factory=lambda: list(SOURCE_KINDS))
     name: str | None = None  # output directory name under run.output_dir
     metric: str = "gold_logprob"  # continual heatmap: em | f1 | gold_logprob
+    allow_trained_passages: bool = False  # score a trained teacher on passages its run trained it on
 
     def check(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -134,6 +135,8 @@ def plan_eval(cfg: Config, req: EvalRequest) -> EvalPlan:
     task = build_checked_task(cfg)
     contexts, file_sources = load_eval_data(req.data, req.edits if "edits" in req.sources else [], req.limit)
     check_disjoint(cfg, task, contexts)
+    if "teacher" in req.sources and not req.allow_trained_passages:
+        check_teacher_unseen(cfg, contexts)
     models = [(s.model, f"students[{i}].model") for i, s in enumerate(cfg.students)]
     models += [(cfg.teacher.model, "teacher.model")] if "teacher" in req.sources else []
     models += [(cfg.judge.model, "judge.model")] if cfg.judge is not None else []
@@ -144,7 +147,14 @@ def plan_eval(cfg: Config, req: EvalRequest) -> EvalPlan:
 
 def check_disjoint(cfg: Config, task: Any, contexts: list[Context]) -> None:
     """Tiny students must not have been pretrained on the passages they are scored on."""
-    tiny = [s.name for s in cfg.students if s.model.path is None and s.model.tiny.pretrain != "none"]
+    tiny = [
+        s.name
+        for s in cfg.students
+        if s.model.tiny is not None
+        and s.model.path is None
+        and s.model.gguf is None
+        and s.model.tiny.pretrain != "none"
+    ]
     if not tiny:
         return
     seen = {normalize_text(c.text) for c in load_passages(task.path)}
@@ -154,6 +164,44 @@ def check_disjoint(cfg: Config, task: Any, contexts: list[Context]) -> None:
             f"{overlap} of the {len(contexts)} evaluated passages are in task.path ({task.path}), the corpus "
             f"tiny students {tiny} are pretrained on. Point task.path at passages disjoint from --data "
             "(configs/squad_tiny.yaml uses the bundled SQuAD train passages)."
+        )
+
+
+def trained_run(teacher_path: str | None) -> tuple[Path, int] | None:
+    """``(run directory, k)`` when ``teacher_path`` is a teachedit run's checkpoint
+    ``<run>/teacher/round_<k>`` (the teacher after k updates), else None."""
+    if teacher_path is None:
+        return None
+    path = Path(teacher_path).expanduser()
+    name = path.name
+    if path.parent.name != "teacher" or not name.startswith("round_") or not name[6:].isdigit():
+        return None
+    run = path.parent.parent
+    return (run, int(name[6:])) if (run / "config.yaml").is_file() else None
+
+
+def check_teacher_unseen(cfg: Config, contexts: list[Context]) -> None:
+    """Refuse to score a trained teacher checkpoint on passages its run trained it on (ReST-EM trains on the
+    run's training contexts every round): the score would measure memorisation. ``--allow-trained-passages``
+    lifts it."""
+    found = trained_run(cfg.teacher.model.path)
+    if found is None or found[1] == 0:
+        return  # not a run's checkpoint, or the untrained round_0 teacher
+    from orchestrator.config import load_config
+    from orchestrator.tasks import build_task
+
+    run, k = found
+    run_cfg = load_config(run / "config.yaml")
+    if run_cfg.task.name != "squad":
+        return
+    trained = {normalize_text(c.text) for c in build_task(run_cfg.task).train_contexts()}
+    overlap = [c.id for c in contexts if normalize_text(c.text) in trained]
+    if overlap:
+        raise ConfigError(
+            f"teacher.model.path={cfg.teacher.model.path} was trained (ReST-EM, {k} update(s)) on {len(overlap)} "
+            f"of the {len(contexts)} evaluated passages (e.g. {overlap[:3]}); its score there measures "
+            f"memorisation. Evaluate on other passages (--data, --limit), drop 'teacher' from --sources, or "
+            f"pass --allow-trained-passages to score it anyway."
         )
 
 

@@ -15,7 +15,7 @@ TASKS: dict[str, Callable[..., Any]] = {
         c.num_train_contexts, c.num_heldout_contexts, c.seed, c.max_questions
     ),
     "squad": lambda c: SquadTask(
-        c.path, c.num_train_contexts, c.num_heldout_contexts, c.seed, c.max_questions
+        c.path, c.num_train_contexts, c.num_heldout_contexts, c.seed, c.max_questions, c.protocol
     ),
     "arc": lambda c: ArcFewShotTask(c.arc, c.num_train_contexts, c.num_heldout_contexts),
 }

@@ -382,7 +382,7 @@ class ArcFewShotTask:
         return list(self._heldout)
 
     # -- the student's inner loop (hooks called by student.student.Student) --------------------------------
-    def qa_prompt(self, question: str) -> str:
+    def qa_prompt(self, question: str, context: Context | None = None) -> str:
         return f"input:\n{question}\noutput:\n"
 
     def training_items_for(

@@ -18,10 +18,16 @@ _BULLET = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+")
 
 @dataclass(frozen=True)
 class TrainingItem:
-    """One inner-loop training sequence. ``prompt`` tokens are masked out of the labels when loss_on=completion."""
+    """One inner-loop training sequence. ``prompt`` tokens are masked out of the labels when loss_on=completion.
+
+    ``question`` marks a question-answer item (``completion`` is the answer): a student re-renders its prompt in
+    its own QA format (e.g. its chat template, :mod:`student.prompting`). ``rendered`` says the prompt text
+    already holds the tokenizer's special tokens (a rendered chat template), so none are added again."""
 
     prompt: str
     completion: str
+    question: str | None = None
+    rendered: bool = False
 
 
 class Task(Protocol):
@@ -33,8 +39,10 @@ class Task(Protocol):
 
     def heldout_contexts(self) -> list[Context]: ...
 
-    def qa_prompt(self, question: str) -> str:
-        """The no-context prompt a student answers, e.g. ``"Q: Who ...? A:"``."""
+    def qa_prompt(self, question: str, context: Context | None = None) -> str:
+        """The no-context prompt a base student answers, e.g. ``"Q: Who ...? A:"`` (the context is never
+        shown: a task may use its title, as SEAL's SQuAD prompt does). Chat students get
+        ``qa_messages`` (optional hook) through their chat template instead (:mod:`student.prompting`)."""
         ...
 
     def training_items(
@@ -72,7 +80,9 @@ def qa_training_items(
     for fact in split_edit(edit_text):
         m = _QA_LINE.match(fact)
         if m:
-            items.append(TrainingItem(prompt=qa_prompt.format(q=m["q"]), completion=" " + m["a"]))
+            items.append(
+                TrainingItem(prompt=qa_prompt.format(q=m["q"]), completion=" " + m["a"], question=m["q"])
+            )
         else:
             items.append(TrainingItem(prompt="", completion=fact))
     return items

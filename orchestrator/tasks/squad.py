@@ -2,11 +2,32 @@
 
 A SEAL-format file is a JSON list of ``{title, context, questions: [{question, answer}]}``; edit files add
 ``completions: [str]`` (and the ``prompt`` that produced them). Files are read with ``datasets``.
+
+``protocol="seal"`` (the default) follows SEAL's knowledge-incorporation code (Continual-Intelligence/SEAL,
+``knowledge-incorporation/src/utils.py`` and ``src/query/query_server.py``, as run by its
+``scripts/query_server.sh`` with ``SPLIT_NEWLINES=true``):
+
+- training sequences as its ``build_train_sequences(..., split_newlines=True)``: the edit is cut at ``---``;
+  a self-QA edit (``Question N:`` and ``Answer:`` in it) is cut before every ``Question N:`` line (the first
+  piece gets ``Question 1: `` if it lacks it, since SEAL's self-qa prompt ends in ``Question 1: ``); any other
+  edit becomes one sequence per non-empty line, and a first line like "Sure, here are implications:" is
+  dropped when the second starts with ``1.``; the passage is always appended as the last sequence; every
+  sequence is ``"{title}\n{text}"``; the loss is on every token (SEAL masks nothing by default);
+- the no-context question is ``"Topic: {title}\n{question}"`` inside SEAL's base answering template
+  (:data:`SEAL_QA_TEMPLATE`), or, for chat students, SEAL's instruct system prompt and that question as the
+  user turn, through the student's own chat template.
+
+Where teachedit differs (each is named in ``configs/real_cpu.yaml``): SEAL pads every sequence to
+``max_seq_length`` and trains on the padding too (its pad token is Qwen's ``<|endoftext|>``); here each
+sequence gets one EOS and padding is masked. ``protocol="qa_lines"`` is teachedit's earlier recipe: one
+sequence per line, ``Q: ... A: ...`` lines trained as prompt and answer, the passage only with
+``adapt.include_context``.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -14,6 +35,42 @@ from orchestrator.records import Context, Question
 from orchestrator.tasks.base import TrainingItem, qa_training_items
 
 BUNDLED = "passages.json"
+
+# SEAL's base-model answering template (utils.SQUAD_ANSWER_TEMPLATE_BASE) and its instruct system prompt
+# (utils.SQUAD_ANSWER_TEMPLATE_QWEN_INSTRUCT, there written out in Qwen's chat format).
+SEAL_QA_TEMPLATE = "Let's answer a question directly and concisely.\nQuestion: {question}\nAnswer:\n"
+SEAL_QA_SYSTEM = "You are an assistant to answer a question directly and concisely."
+SEAL_SEQUENCE_TEMPLATE = "{title}\n{text}"
+PROTOCOLS = ("seal", "qa_lines")
+_SELF_QA_MARK = re.compile(r"Question\s+\d+:")
+_ANSWER_MARK = re.compile(r"Answer\s*:")
+_NEXT_QUESTION = re.compile(r"\n(?=Question\s+\d+:)")
+
+
+def seal_question(question: str, title: str) -> str:
+    """The question as SEAL asks it: ``"Topic: {title}\n{question}"``."""
+    return f"Topic: {title}\n{question}"
+
+
+def seal_segments(edit_text: str) -> list[str]:
+    """The pieces one edit is cut into, as SEAL's ``build_train_sequences`` with ``split_newlines=True``."""
+    pieces = [p.strip() for p in edit_text.split("---") if p.strip()] or [edit_text.strip()]
+    if _SELF_QA_MARK.search(edit_text) and _ANSWER_MARK.search(edit_text):
+        pieces = _NEXT_QUESTION.split(edit_text.strip())
+        if not pieces[0].lstrip().startswith("Question"):
+            pieces[0] = "Question 1: " + pieces[0].strip()
+        return pieces
+    lines = [line.strip() for piece in pieces for line in piece.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[1].startswith("1."):
+        lines = lines[1:]
+    return lines
+
+
+def seal_train_sequences(edit_text: str, context: str, title: str) -> list[str]:
+    """SEAL's inner-loop training documents of an edit: its segments, then the passage, each under the
+    title."""
+    texts = [*seal_segments(edit_text), context.strip()]
+    return [SEAL_SEQUENCE_TEMPLATE.format(title=title, text=t) for t in texts]
 
 
 def bundled_path(name: str = BUNDLED) -> Path:
@@ -76,7 +133,7 @@ def to_context(record: dict, index: int, max_questions: int = 0) -> Context:
 
 class SquadTask:
     name = "squad"
-    formats = ("implications", "rewrite", "self-qa")
+    formats = ("implications", "implications-long", "implications-very-long", "rewrite", "self-qa")
 
     def __init__(
         self,
@@ -85,7 +142,11 @@ class SquadTask:
         num_heldout: int = 16,
         seed: int = 0,
         max_questions: int = 0,
+        protocol: str = "seal",
     ):
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown squad protocol {protocol!r}; choose from {PROTOCOLS}")
+        self.protocol = protocol
         self.path = Path(path) if path else bundled_path()
         records = load_seal_json(self.path)
         contexts = [to_context(r, i, max_questions) for i, r in enumerate(records) if r["questions"]]
@@ -106,11 +167,38 @@ class SquadTask:
     def heldout_contexts(self) -> list[Context]:
         return list(self._heldout)
 
-    def qa_prompt(self, question: str) -> str:
-        return f"Q: {question} A:"
+    def qa_prompt(self, question: str, context: Context | None = None) -> str:
+        if self.protocol == "qa_lines":
+            return f"Q: {question} A:"
+        return SEAL_QA_TEMPLATE.format(question=seal_question(question, context.title if context else ""))
+
+    def qa_messages(self, question: str, context: Context | None = None) -> list[dict[str, str]]:
+        """The question for a chat student: SEAL's instruct system prompt, the question as the user turn."""
+        if self.protocol == "qa_lines":
+            return [{"role": "user", "content": question}]
+        title = context.title if context else ""
+        return [
+            {"role": "system", "content": SEAL_QA_SYSTEM},
+            {"role": "user", "content": seal_question(question, title)},
+        ]
+
+    def passage_item(self, context: Context) -> TrainingItem:
+        """The 'passage' source's one training sequence: SEAL's passage sequence (under the title)."""
+        if self.protocol == "qa_lines":
+            return TrainingItem(prompt="", completion=context.text)
+        return TrainingItem(prompt="", completion=seal_train_sequences("", context.text, context.title)[-1])
 
     def training_items(self, edit_text: str, context: Context, include_context: bool) -> list[TrainingItem]:
-        return qa_training_items(edit_text, context, include_context)
+        """The edit's inner-loop sequences. Under the SEAL protocol the passage is always appended
+        (``include_context`` is ignored: SEAL's ``build_train_sequences`` always appends it)."""
+        if self.protocol == "qa_lines":
+            return qa_training_items(edit_text, context, include_context)
+        if not edit_text.strip():
+            return []  # an empty edit is unusable (recorded), not "the passage alone"
+        return [
+            TrainingItem(prompt="", completion=t)
+            for t in seal_train_sequences(edit_text, context.text, context.title)
+        ]
 
     def student_corpus(self, n: int, seed: int) -> list[tuple[str, str]]:
         """Passages and QA of the passages used neither for training nor held out (tiny students only)."""
@@ -123,7 +211,8 @@ class SquadTask:
                 out.append(("", c.text))
             else:
                 q = rng.choice(c.questions)
-                out.append((self.qa_prompt(q.question), " " + q.answer))
+                prompt = self.qa_prompt(q.question, c)
+                out.append((prompt, (" " if not prompt[-1:].isspace() else "") + q.answer))
         return out
 
     def teacher_corpus(self, n: int, seed: int) -> list[tuple[Context, str]]:

@@ -193,7 +193,7 @@ class SyntheticTask:
     def heldout_contexts(self) -> list[Context]:
         return list(self._heldout)
 
-    def qa_prompt(self, question: str) -> str:
+    def qa_prompt(self, question: str, context: Context | None = None) -> str:
         return f"Q: {question} A:"
 
     def training_items(self, edit_text: str, context: Context, include_context: bool) -> list[TrainingItem]:
