@@ -18,7 +18,8 @@ module adds every row's own adapter update with two batched matmuls, the second 
 ``generate()`` alike. When every edit has the same number of rows the batch is viewed as (edits, rows x
 length, features); otherwise each row gets a gathered copy of its edit's (small, rank-r) matrices, so that no
 edit is padded with filler rows through the model. The base model is never modified: removing the hooks
-restores it.
+restores it. The loss needs logits at label positions only: the LM head runs there alone
+(:func:`student.head.token_losses`; the head is not a LoRA target).
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ import torch.nn.functional as F
 from orchestrator import faults
 from orchestrator.records import Context, StudentOutcome, StudentScore
 from orchestrator.tasks.base import TrainingItem
+from student.head import token_losses
 from student.scoring import aggregate_score, gold_logprobs, greedy_answers
-from student.sequences import IGNORE, batch_schedule, encode_item, pad_batch
+from student.sequences import batch_schedule, encode_item, pad_batch
 from student.student import Student, free_memory, lora_config, non_finite_loss
 
 log = logging.getLogger(__name__)
@@ -196,17 +198,18 @@ def lora_targets(model: Any, config: Any) -> list[LoraTarget]:
     return cached[key]
 
 
-def edit_losses(logits: torch.Tensor, labels: torch.Tensor, rows: list[int]) -> torch.Tensor:
+def edit_losses(losses: torch.Tensor, token_rows: torch.Tensor, rows: list[int]) -> torch.Tensor:
     """``(G,)`` each edit's mean next-token loss over its own label tokens (edit g owns ``rows[g]``
-    consecutive rows). transformers' built-in loss averages over every label token of the batch, which would
-    weight edits by their token counts and couple them; the shift and the fp32 upcast are the same as its
-    ``ForCausalLMLoss``."""
-    shift = F.pad(labels, (0, 1), value=IGNORE)[:, 1:]
-    per_token = F.cross_entropy(
-        logits.float().flatten(0, 1), shift.reshape(-1), ignore_index=IGNORE, reduction="none"
-    ).view(shift.shape)
-    sums = torch.stack([part.sum() for part in per_token.split(rows)])
-    counts = torch.stack([(part != IGNORE).sum() for part in shift.split(rows)])
+    consecutive rows), from :func:`student.head.token_losses`' row-major ``(K,)`` token losses and their rows.
+    transformers' built-in loss averages over every label token of the batch, which would weight edits by
+    their token counts and couple them. An edit without a label token gets NaN (0 / 0), as in its own
+    sequential loss."""
+    edit_of_row = torch.repeat_interleave(
+        torch.arange(len(rows), device=losses.device), torch.tensor(rows, device=losses.device)
+    )
+    counts = torch.bincount(edit_of_row[token_rows], minlength=len(rows))
+    # row-major order keeps each edit's tokens consecutive
+    sums = torch.stack([part.sum() for part in losses.split(counts.tolist())])
     return sums / counts
 
 
@@ -231,8 +234,7 @@ def train_adapters(ml: MultiLoRA, items: list[list[TrainingItem]]) -> list[tuple
         batch = pad_batch([encoded[e][j] for e in active for j in plans[e][step][1]], s.tok.pad_token_id)
         batch = batch.to(device)
         with ml.route(active, rows, training=True):
-            out = ml.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-        per_edit = edit_losses(out.logits, batch.labels, rows)
+            per_edit = edit_losses(*token_losses(ml.model, batch), rows)  # logits at label positions only
         finite = torch.isfinite(per_edit)
         opt.zero_grad(set_to_none=True)
         if finite.any():

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from orchestrator.records import Context, StudentScore
+from student.head import logits_at
 
 
 def normalize_answer(s: str) -> str:
@@ -85,7 +86,7 @@ def gold_logprobs(
 ) -> list[float]:
     """Mean per-token log-probability of each gold answer (``" " + answer`` then EOS) after its prompt.
 
-    Teacher-forced, one forward pass per batch: no decoding."""
+    Teacher-forced, one forward pass per batch, the LM head on the answer tokens only: no decoding."""
     device = next(model.parameters()).device
     out: list[float] = []
     for i in range(0, len(prompts), batch_size):
@@ -101,12 +102,12 @@ def gold_logprobs(
         for j, s in enumerate(seqs):
             ids[j, : len(s)] = torch.tensor(s)
             mask[j, : len(s)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        logp = torch.log_softmax(logits, dim=-1)
-        for j, (a, b) in enumerate(spans):
-            targets = ids[j, a:b].to(device)
-            lp = logp[j, a - 1 : b - 1].gather(-1, targets[:, None]).squeeze(-1)
-            out.append(float(lp.mean()))
+        # logits only where they predict an answer token: position t predicts token t + 1
+        rows = torch.tensor([j for j, (a, b) in enumerate(spans) for _ in range(a, b)], dtype=torch.long)
+        cols = torch.tensor([t for a, b in spans for t in range(a - 1, b - 1)], dtype=torch.long)
+        logits = logits_at(model, ids.to(device), mask.to(device), rows.to(device), cols.to(device))
+        lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[rows, cols + 1].to(device)[:, None])
+        out += [float(part.mean()) for part in lp.squeeze(-1).split([b - a for a, b in spans])]
     return out
 
 

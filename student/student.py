@@ -19,6 +19,7 @@ from orchestrator import faults
 from orchestrator.config import AdaptConfig, StudentConfig
 from orchestrator.records import Context, StudentOutcome, StudentScore
 from orchestrator.tasks.base import TrainingItem
+from student.head import mean_loss
 from student.scoring import score_context
 from student.sequences import batch_schedule, clean_text, collate, fit_items
 
@@ -164,18 +165,16 @@ class Student:
             losses = []
             for idx in epoch:
                 batch = collate(self.tok, [items[j] for j in idx], a.max_length, a.loss_on).to(device)
-                out = model(
-                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels
-                )
-                if not torch.isfinite(out.loss):
-                    raise EditError(non_finite_loss(out.loss.item()))
+                loss = mean_loss(model, batch)  # logits at label positions only (student/head.py)
+                if not torch.isfinite(loss):
+                    raise EditError(non_finite_loss(loss.item()))
                 opt.zero_grad(set_to_none=True)
-                out.loss.backward()
+                loss.backward()
                 if a.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm)
                 opt.step()
                 faults.point("adapt")
-                losses.append(out.loss.item())
+                losses.append(loss.item())
             last = sum(losses) / len(losses)
         model.eval()
         return last
