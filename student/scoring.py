@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import string
+import weakref
 from collections import Counter
 from typing import Any
 
@@ -44,10 +45,14 @@ def greedy_completions(
     max_new_tokens: int,
     batch_size: int,
     position_limit: int | None = None,
+    stop_at_newline: bool = False,
 ) -> list[str]:
-    """Greedy, KV-cached continuations of each prompt (left-padded batches, ending at EOS). With
-    ``position_limit``, a batch never generates past that many positions (an empty text if it has no room)."""
+    """Greedy, KV-cached continuations of each prompt (left-padded batches; a row ends at EOS, a batch when
+    all its rows have). With ``position_limit``, a batch never generates past that many positions (an empty
+    text if it has no room). With ``stop_at_newline``, a row also ends with its first token that holds a
+    newline: the text's first line is the same, and nothing after it is generated."""
     device = next(model.parameters()).device
+    stop = [FirstLineDone(newline_tokens(tok, device))] if stop_at_newline else None
     texts: list[str] = []
     for i in range(0, len(prompts), batch_size):
         enc = tok(prompts[i : i + batch_size], return_tensors="pt", padding=True, padding_side="left").to(
@@ -67,6 +72,7 @@ def greedy_completions(
             temperature=None,
             top_p=None,
             top_k=None,
+            stopping_criteria=stop,
         )
         texts += tok.batch_decode(out[:, width:], skip_special_tokens=True)
     return texts
@@ -76,8 +82,32 @@ def greedy_answers(
     model: Any, tok: Any, prompts: list[str], max_new_tokens: int, batch_size: int
 ) -> list[str]:
     """Greedy answers to QA prompts: the continuation's first line, stripped."""
-    texts = greedy_completions(model, tok, prompts, max_new_tokens, batch_size)
+    texts = greedy_completions(model, tok, prompts, max_new_tokens, batch_size, stop_at_newline=True)
     return [t.split("\n")[0].strip() for t in texts]
+
+
+_NEWLINE_TOKENS: weakref.WeakKeyDictionary[Any, torch.Tensor] = weakref.WeakKeyDictionary()
+
+
+def newline_tokens(tok: Any, device: torch.device) -> torch.Tensor:
+    """``(len(tok),)`` bool: which token ids decode (alone, as ``greedy_completions`` decodes) to text with a
+    newline. Once per tokenizer (a 262k vocabulary takes about a second)."""
+    if tok not in _NEWLINE_TOKENS:
+        texts = tok.batch_decode([[i] for i in range(len(tok))], skip_special_tokens=True)
+        _NEWLINE_TOKENS[tok] = torch.tensor(["\n" in t for t in texts], dtype=torch.bool)
+    return _NEWLINE_TOKENS[tok].to(device)
+
+
+class FirstLineDone:
+    """A ``generate()`` stopping criterion: a row is done once its last token holds a newline (per row, on
+    the device, no host sync). transformers then pads the row and stops when every row is done."""
+
+    def __init__(self, newline: torch.Tensor):
+        self.newline = newline
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        last, n = input_ids[:, -1], self.newline.shape[0]
+        return (last < n) & self.newline[last.clamp(max=n - 1)]
 
 
 @torch.no_grad()

@@ -167,3 +167,23 @@ def test_other_architectures_head_matches_forward():
         assert torch.allclose(fast, ref, atol=1e-5, rtol=0), config.model_type
         if config.model_type == "gemma3_text":
             assert ref.abs().max() < 2.0, "soft-capping applied"
+
+
+def test_greedy_answers_stop_at_first_newline(make_student, task):
+    """Rows stop generating at their first newline, with the same first lines as unstopped generation."""
+    from student.scoring import greedy_answers, greedy_completions, newline_tokens
+
+    s = make_student("gpt2-t")
+    (nl,) = newline_tokens(s.tok, torch.device("cpu")).nonzero()[:, 0].tolist()
+    with torch.no_grad():  # make the newline likelier: some rows emit it early, others never
+        s.model.get_output_embeddings().weight[nl] *= 2
+    prompts = [task.qa_prompt(q.question) for c in task.train_contexts() for q in c.questions]
+    full = greedy_completions(s.model, s.tok, prompts, 12, 8)
+    stopped = greedy_completions(s.model, s.tok, prompts, 12, 8, stop_at_newline=True)
+    answers = greedy_answers(s.model, s.tok, prompts, 12, 8)
+    assert any(t.split("\n", 1)[-1] != "" for t in full if "\n" in t), "text after a newline, unstopped"
+    assert any("\n" not in t for t in full), "a row without a newline keeps its batch going"
+    assert answers == [t.split("\n")[0].strip() for t in full]
+    assert [t.split("\n")[0] for t in stopped] == [t.split("\n")[0] for t in full]
+    assert all(t.split("\n", 1)[1] == "" for t in stopped if "\n" in t), "nothing generated after a newline"
+    assert [t for t in stopped if "\n" not in t] == [t for t in full if "\n" not in t]
