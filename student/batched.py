@@ -19,7 +19,8 @@ module adds every row's own adapter update with two batched matmuls, the second 
 length, features); otherwise each row gets a gathered copy of its edit's (small, rank-r) matrices, so that no
 edit is padded with filler rows through the model. The base model is never modified: removing the hooks
 restores it. The loss needs logits at label positions only: the LM head runs there alone
-(:func:`student.head.token_losses`; the head is not a LoRA target).
+(:func:`student.head.token_losses`; the head is not a LoRA target). With ``adapt.lora_dropout > 0`` the
+edits' dropout masks come from one RNG stream, so :meth:`Student.evaluate_edits` goes one at a time then.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ class Student:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self._baselines: dict[str, StudentScore] = {}
+        self._said_dropout = False  # logged once why edits go one at a time (edit_batch_size)
 
     @property
     def model_type(self) -> str:
@@ -115,8 +116,23 @@ class Student:
     # -- several edits -------------------------------------------------------------------------------------
     @property
     def edit_batch_size(self) -> int:
-        """Edits adapted together: ``adapt.edit_batch_size`` for LoRA; full fine-tuning goes one at a time."""
-        return self.cfg.adapt.edit_batch_size if self.cfg.adapt.method == "lora" else 1
+        """Edits adapted together: ``adapt.edit_batch_size`` for LoRA without dropout; full fine-tuning and
+        LoRA with ``adapt.lora_dropout > 0`` go one at a time (the batched loop draws every edit's dropout masks
+        from one RNG stream, so an edit's masks would depend on the edits that share its batch)."""
+        a = self.cfg.adapt
+        if a.method != "lora":
+            return 1
+        if a.lora_dropout > 0 and a.edit_batch_size > 1:
+            if not self._said_dropout:
+                log.info(
+                    "%s: adapting edits one at a time, not %d together: with adapt.lora_dropout > 0 the batched "
+                    "loop would not equal one-at-a-time adaptation (one dropout RNG stream for all edits)",
+                    self.name,
+                    a.edit_batch_size,
+                )
+                self._said_dropout = True
+            return 1
+        return a.edit_batch_size
 
     def evaluate_edits(
         self, edit_texts: list[str], contexts: list[Context], seeds: list[int]

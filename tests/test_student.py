@@ -187,3 +187,24 @@ def test_greedy_answers_stop_at_first_newline(make_student, task):
     assert [t.split("\n")[0] for t in stopped] == [t.split("\n")[0] for t in full]
     assert all(t.split("\n", 1)[1] == "" for t in stopped if "\n" in t), "nothing generated after a newline"
     assert [t for t in stopped if "\n" not in t] == [t for t in full if "\n" not in t]
+
+
+def test_lora_dropout_goes_one_at_a_time(make_student, task, caplog):
+    """With adapt.lora_dropout > 0, evaluate_edits adapts one edit at a time (batched edits would share one
+    dropout RNG stream) and equals evaluate_edit exactly; it says so once."""
+    import logging
+
+    s = make_student("llama-t", lora_dropout=0.1, edit_batch_size=8, epochs=2, learning_rate=1e-2)
+    ref = make_student("llama-t", lora_dropout=0.1, edit_batch_size=1, epochs=2, learning_rate=1e-2)
+    ctxs = task.train_contexts()[:3]
+    texts, seeds = [_qa_edit(c) for c in ctxs], [11, 12, 13]
+    with caplog.at_level(logging.INFO, logger="student.student"):
+        outs = s.evaluate_edits(texts, list(ctxs), seeds)
+        outs += s.evaluate_edits(texts[:1], list(ctxs[:1]), seeds[:1])
+    assert sum("lora_dropout" in r.getMessage() for r in caplog.records) == 1
+    singles = [
+        ref.evaluate_edit(t, c, sd)
+        for t, c, sd in zip(texts + texts[:1], list(ctxs) + [ctxs[0]], seeds + seeds[:1])
+    ]
+    assert all(o.error is None for o in outs)
+    assert outs == singles
