@@ -170,7 +170,11 @@ class Student:
     def train_items(
         self, model: Any, items: list[TrainingItem], seed: int, adapt: AdaptConfig | None = None
     ) -> float:
-        """Train ``model``'s trainable parameters on ``items``. Returns the mean loss of the last epoch."""
+        """Train ``model``'s trainable parameters on ``items``. Returns the mean loss of the last epoch.
+
+        Each step is one padded pass: unlike the batched loop (:func:`student.batched.length_groups`) it does
+        not split rows by length, since with dropout on (full fine-tuning in train mode, ``lora_dropout``)
+        other pass shapes would draw other masks, so results would change."""
         a = adapt or self.cfg.adapt
         device = next(model.parameters()).device
         params = [p for p in model.parameters() if p.requires_grad]

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from orchestrator.records import Edit
-from student.batched import MultiLoRA, edit_losses, evaluate_batch, train_adapters
+from student.batched import MultiLoRA, edit_losses, evaluate_batch, length_groups, train_adapters
 from student.head import split_model, token_losses
 from student.pool import StudentPool, edit_seed
 from student.sequences import IGNORE, encode_item, pad_batch
@@ -110,6 +110,41 @@ def test_batched_equals_sequential(make_student, task, name):
 
     after = _state(s.model)
     assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_length_groups_equal_one_padded_pass(make_student, task, monkeypatch):
+    """With the passage among the training sequences (include_context) a step's rows go through the model in
+    two length groups; the adapters still equal the sequential ones."""
+    import student.batched as batched
+
+    splits = []
+
+    def spy(lengths, *args):
+        out = length_groups(lengths, *args)
+        splits.append(len(out) > 1)
+        return out
+
+    monkeypatch.setattr(batched, "length_groups", spy)
+    s = make_student("llama-t", epochs=2, batch_size=4, learning_rate=3e-3, include_context=True)
+    ctxs = task.train_contexts()[:3]
+    items = [s.usable_items(_qa(c), c)[0] for c in ctxs]
+    seeds = [5, 6, 7]
+    with MultiLoRA(s, seeds) as ml:
+        trained = train_adapters(ml, items)
+        batched_states = [ml.adapter_state(k) for k in range(len(items))]
+    assert any(splits), "some step ran in two length groups"
+    for k in range(len(items)):
+        with s.adapted(items[k], seeds[k]) as loss:
+            seq = _lora_state(s.model)
+        assert trained[k][1] is None and abs(trained[k][0] - loss) <= TOL, f"edit {k}: loss"
+        for key in seq:
+            assert torch.allclose(batched_states[k][key], seq[key], atol=TOL, rtol=0), f"edit {k}: {key}"
+
+
+def test_length_groups():
+    assert length_groups([10, 12, 11]) == [[0, 1, 2]]  # little padding: one pass
+    assert length_groups([100, 10, 12, 9, 11, 10]) == [[1, 2, 3, 4, 5], [0]]
+    assert length_groups([5]) == [[0]]
 
 
 def _full_logits_edit_losses(logits, labels, rows):
