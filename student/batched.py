@@ -18,7 +18,11 @@ module adds every row's own adapter update with two batched matmuls, the second 
 ``generate()`` alike. When every edit has the same number of rows the batch is viewed as (edits, rows x
 length, features); otherwise each row gets a gathered copy of its edit's (small, rank-r) matrices, so that no
 edit is padded with filler rows through the model. The base model is never modified: removing the hooks
-restores it.
+restores it. The loss needs logits at label positions only: the LM head runs there alone
+(:func:`student.head.token_losses`; the head is not a LoRA target). A step whose rows differ much in length
+(a passage among QA lines) runs in two padded passes, short rows and long rows (:func:`length_groups`). With
+``adapt.lora_dropout > 0`` the edits' dropout masks come from one RNG stream, so :meth:`Student.evaluate_edits`
+goes one at a time then.
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ import torch.nn.functional as F
 from orchestrator import faults
 from orchestrator.records import Context, StudentOutcome, StudentScore
 from orchestrator.tasks.base import TrainingItem
+from student.head import token_losses
 from student.scoring import aggregate_score, gold_logprobs, greedy_answers
-from student.sequences import IGNORE, batch_schedule, encode_item, pad_batch
+from student.sequences import batch_schedule, encode_item, pad_batch
 from student.student import Student, free_memory, lora_config, non_finite_loss
 
 log = logging.getLogger(__name__)
@@ -196,24 +201,71 @@ def lora_targets(model: Any, config: Any) -> list[LoraTarget]:
     return cached[key]
 
 
-def edit_losses(logits: torch.Tensor, labels: torch.Tensor, rows: list[int]) -> torch.Tensor:
+def edit_losses(losses: torch.Tensor, token_rows: torch.Tensor, rows: list[int]) -> torch.Tensor:
     """``(G,)`` each edit's mean next-token loss over its own label tokens (edit g owns ``rows[g]``
-    consecutive rows). transformers' built-in loss averages over every label token of the batch, which would
-    weight edits by their token counts and couple them; the shift and the fp32 upcast are the same as its
-    ``ForCausalLMLoss``."""
-    shift = F.pad(labels, (0, 1), value=IGNORE)[:, 1:]
-    per_token = F.cross_entropy(
-        logits.float().flatten(0, 1), shift.reshape(-1), ignore_index=IGNORE, reduction="none"
-    ).view(shift.shape)
-    sums = torch.stack([part.sum() for part in per_token.split(rows)])
-    counts = torch.stack([(part != IGNORE).sum() for part in shift.split(rows)])
+    consecutive rows), from :func:`student.head.token_losses`' row-major ``(K,)`` token losses and their rows.
+    transformers' built-in loss averages over every label token of the batch, which would weight edits by
+    their token counts and couple them. An edit without a label token gets NaN (0 / 0), as in its own
+    sequential loss."""
+    sums, counts = edit_sums(losses, token_rows, rows)
     return sums / counts
+
+
+def edit_sums(
+    losses: torch.Tensor, token_rows: torch.Tensor, rows: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sums, counts)``, both ``(G,)``: each edit's summed token loss and its number of label tokens."""
+    edit_of_row = torch.repeat_interleave(
+        torch.arange(len(rows), device=losses.device), torch.tensor(rows, device=losses.device)
+    )
+    counts = torch.bincount(edit_of_row[token_rows], minlength=len(rows))
+    # row-major order keeps each edit's tokens consecutive
+    sums = torch.stack([part.sum() for part in losses.split(counts.tolist())])
+    return sums, counts
+
+
+def step_losses(
+    ml: MultiLoRA, active: list[int], rows: list[list[tuple[list[int], list[int]]]]
+) -> torch.Tensor:
+    """``(G,)`` the mean loss of each active edit (``active[g]``, the adapter trained on ``rows[g]``, its
+    encoded sequences this step). The rows go through the model edit-major, in one padded pass or, where that
+    saves enough padding (:func:`length_groups`), two: the shorter rows and the longer ones, each in their
+    order. Rows are independent in the model (the base is in eval mode, no dropout), so only float rounding
+    tells the two apart."""
+    device = next(ml.model.parameters()).device
+    flat = [(g, r) for g, rs in enumerate(rows) for r in rs]
+    sums = torch.zeros(len(rows), device=device)
+    counts = torch.zeros(len(rows), dtype=torch.long, device=device)
+    for group in length_groups([len(r[0]) for _, r in flat]):
+        edits = sorted({flat[i][0] for i in group})
+        sub_rows = [sum(flat[i][0] == g for i in group) for g in edits]
+        batch = pad_batch([flat[i][1] for i in group], ml.student.tok.pad_token_id).to(device)
+        with ml.route([active[g] for g in edits], sub_rows, training=True):
+            s, c = edit_sums(*token_losses(ml.model, batch), sub_rows)  # logits at label positions only
+        index = torch.tensor(edits, device=device)
+        sums, counts = sums.index_add(0, index, s), counts.index_add(0, index, c)
+    return sums / counts
+
+
+def length_groups(lengths: list[int], min_saving: float = 0.25) -> list[list[int]]:
+    """The row indices (each group in order) of one step's forward passes: one pass, every row padded to the
+    longest, unless splitting the rows at some length into two passes computes at least ``min_saving`` fewer
+    padded positions (e.g. a passage among short QA lines, ``adapt.include_context``)."""
+    n, longest = len(lengths), max(lengths)
+    best, cut = n * longest, None
+    for t in sorted(set(lengths))[:-1]:
+        short = sum(length <= t for length in lengths)
+        cost = short * t + (n - short) * longest
+        if cost < best:
+            best, cut = cost, t
+    if cut is None or best > (1 - min_saving) * n * longest:
+        return [list(range(n))]
+    return [[i for i, x in enumerate(lengths) if x <= cut], [i for i, x in enumerate(lengths) if x > cut]]
 
 
 def train_adapters(ml: MultiLoRA, items: list[list[TrainingItem]]) -> list[tuple[float | None, str | None]]:
     """Train adapter i on ``items[i]``, all together. Per edit: (mean loss of its last epoch, error or None)."""
     s, a = ml.student, ml.student.cfg.adapt
-    device = next(ml.model.parameters()).device
     encoded = [[encode_item(s.tok, it, a.max_length, a.loss_on) for it in its] for its in items]
     plans = [_plan(len(it), a.epochs, a.batch_size, seed) for it, seed in zip(items, ml.seeds)]
     # foreach: one multi-tensor update over every edit's tensors (same update rule as the sequential path)
@@ -227,12 +279,7 @@ def train_adapters(ml: MultiLoRA, items: list[list[TrainingItem]]) -> list[tuple
         active = [e for e in range(len(items)) if errors[e] is None and step < len(plans[e])]
         if not active:
             break
-        rows = [len(plans[e][step][1]) for e in active]
-        batch = pad_batch([encoded[e][j] for e in active for j in plans[e][step][1]], s.tok.pad_token_id)
-        batch = batch.to(device)
-        with ml.route(active, rows, training=True):
-            out = ml.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-        per_edit = edit_losses(out.logits, batch.labels, rows)
+        per_edit = step_losses(ml, active, [[encoded[e][j] for j in plans[e][step][1]] for e in active])
         finite = torch.isfinite(per_edit)
         opt.zero_grad(set_to_none=True)
         if finite.any():

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 import string
+import weakref
 from collections import Counter
 from typing import Any
 
 import torch
 
 from orchestrator.records import Context, StudentScore
+from student.head import logits_at
 
 
 def normalize_answer(s: str) -> str:
@@ -44,11 +46,15 @@ def greedy_completions(
     batch_size: int,
     position_limit: int | None = None,
     add_special_tokens: bool = True,
+    stop_at_newline: bool = False,
 ) -> list[str]:
-    """Greedy, KV-cached continuations of each prompt (left-padded batches, ending at EOS). With
-    ``position_limit``, a batch never generates past that many positions (an empty text if it has no room).
+    """Greedy, KV-cached continuations of each prompt (left-padded batches; a row ends at EOS, a batch when
+    all its rows have). With ``position_limit``, a batch never generates past that many positions (an empty
+    text if it has no room). With ``stop_at_newline``, a row also ends with its first token that holds a
+    newline: the text's first line is the same, and nothing after it is generated.
     ``add_special_tokens=False`` for prompts that already hold them (a rendered chat template)."""
     device = next(model.parameters()).device
+    stop = [FirstLineDone(newline_tokens(tok, device))] if stop_at_newline else None
     texts: list[str] = []
     for i in range(0, len(prompts), batch_size):
         enc = tok(
@@ -72,6 +78,7 @@ def greedy_completions(
             temperature=None,
             top_p=None,
             top_k=None,
+            stopping_criteria=stop,
         )
         texts += tok.batch_decode(out[:, width:], skip_special_tokens=True)
     return texts
@@ -88,9 +95,39 @@ def greedy_answers(
     """Greedy answers to QA prompts: the continuation's first line, stripped (special tokens such as an
     end-of-turn token are never part of it)."""
     texts = greedy_completions(
-        model, tok, prompts, max_new_tokens, batch_size, add_special_tokens=add_special_tokens
+        model,
+        tok,
+        prompts,
+        max_new_tokens,
+        batch_size,
+        add_special_tokens=add_special_tokens,
+        stop_at_newline=True,
     )
     return [t.split("\n")[0].strip() for t in texts]
+
+
+_NEWLINE_TOKENS: weakref.WeakKeyDictionary[Any, torch.Tensor] = weakref.WeakKeyDictionary()
+
+
+def newline_tokens(tok: Any, device: torch.device) -> torch.Tensor:
+    """``(len(tok),)`` bool: which token ids decode (alone, as ``greedy_completions`` decodes) to text with a
+    newline. Once per tokenizer (a 262k vocabulary takes about a second)."""
+    if tok not in _NEWLINE_TOKENS:
+        texts = tok.batch_decode([[i] for i in range(len(tok))], skip_special_tokens=True)
+        _NEWLINE_TOKENS[tok] = torch.tensor(["\n" in t for t in texts], dtype=torch.bool)
+    return _NEWLINE_TOKENS[tok].to(device)
+
+
+class FirstLineDone:
+    """A ``generate()`` stopping criterion: a row is done once its last token holds a newline (per row, on
+    the device, no host sync). transformers then pads the row and stops when every row is done."""
+
+    def __init__(self, newline: torch.Tensor):
+        self.newline = newline
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        last, n = input_ids[:, -1], self.newline.shape[0]
+        return (last < n) & self.newline[last.clamp(max=n - 1)]
 
 
 @torch.no_grad()
@@ -104,7 +141,7 @@ def gold_logprobs(
 ) -> list[float]:
     """Mean per-token log-probability of each gold answer's tokens after its prompt (the answer follows the
     prompt as :func:`student.prompting.answer_continuation` says: directly after whitespace, else after a
-    space). Teacher-forced, one forward pass per batch: no decoding."""
+    space). Teacher-forced, one forward pass per batch, the LM head on the answer tokens only: no decoding."""
     from student.prompting import answer_continuation
 
     device = next(model.parameters()).device
@@ -122,12 +159,12 @@ def gold_logprobs(
         for j, s in enumerate(seqs):
             ids[j, : len(s)] = torch.tensor(s)
             mask[j, : len(s)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        logp = torch.log_softmax(logits, dim=-1)
-        for j, (a, b) in enumerate(spans):
-            targets = ids[j, a:b].to(device)
-            lp = logp[j, a - 1 : b - 1].gather(-1, targets[:, None]).squeeze(-1)
-            out.append(float(lp.mean()))
+        # logits only where they predict an answer token: position t predicts token t + 1
+        rows = torch.tensor([j for j, (a, b) in enumerate(spans) for _ in range(a, b)], dtype=torch.long)
+        cols = torch.tensor([t for a, b in spans for t in range(a - 1, b - 1)], dtype=torch.long)
+        logits = logits_at(model, ids.to(device), mask.to(device), rows.to(device), cols.to(device))
+        lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[rows, cols + 1].to(device)[:, None])
+        out += [float(part.mean()) for part in lp.squeeze(-1).split([b - a for a, b in spans])]
     return out
 
 

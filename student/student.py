@@ -19,6 +19,7 @@ from orchestrator import faults
 from orchestrator.config import AdaptConfig, StudentConfig
 from orchestrator.records import Context, StudentOutcome, StudentScore
 from orchestrator.tasks.base import TrainingItem
+from student.head import mean_loss
 from student.prompting import answer_continuation, qa_prompt, uses_chat_template
 from student.scoring import score_context
 from student.sequences import batch_schedule, clean_text, collate, fit_items
@@ -56,6 +57,7 @@ class Student:
         return TrainingItem(
             prompt, answer_continuation(prompt, item.completion), item.question, rendered=True
         )
+        self._said_dropout = False  # logged once why edits go one at a time (edit_batch_size)
 
     @property
     def model_type(self) -> str:
@@ -144,8 +146,23 @@ class Student:
     # -- several edits -------------------------------------------------------------------------------------
     @property
     def edit_batch_size(self) -> int:
-        """Edits adapted together: ``adapt.edit_batch_size`` for LoRA; full fine-tuning goes one at a time."""
-        return self.cfg.adapt.edit_batch_size if self.cfg.adapt.method == "lora" else 1
+        """Edits adapted together: ``adapt.edit_batch_size`` for LoRA without dropout; full fine-tuning and
+        LoRA with ``adapt.lora_dropout > 0`` go one at a time (the batched loop draws every edit's dropout masks
+        from one RNG stream, so an edit's masks would depend on the edits that share its batch)."""
+        a = self.cfg.adapt
+        if a.method != "lora":
+            return 1
+        if a.lora_dropout > 0 and a.edit_batch_size > 1:
+            if not self._said_dropout:
+                log.info(
+                    "%s: adapting edits one at a time, not %d together: with adapt.lora_dropout > 0 the batched "
+                    "loop would not equal one-at-a-time adaptation (one dropout RNG stream for all edits)",
+                    self.name,
+                    a.edit_batch_size,
+                )
+                self._said_dropout = True
+            return 1
+        return a.edit_batch_size
 
     def evaluate_edits(
         self, edit_texts: list[str], contexts: list[Context], seeds: list[int]
@@ -197,7 +214,11 @@ class Student:
     def train_items(
         self, model: Any, items: list[TrainingItem], seed: int, adapt: AdaptConfig | None = None
     ) -> float:
-        """Train ``model``'s trainable parameters on ``items``. Returns the mean loss of the last epoch."""
+        """Train ``model``'s trainable parameters on ``items``. Returns the mean loss of the last epoch.
+
+        Each step is one padded pass: unlike the batched loop (:func:`student.batched.length_groups`) it does
+        not split rows by length, since with dropout on (full fine-tuning in train mode, ``lora_dropout``)
+        other pass shapes would draw other masks, so results would change."""
         a = adapt or self.cfg.adapt
         device = next(model.parameters()).device
         params = [p for p in model.parameters() if p.requires_grad]
@@ -208,18 +229,16 @@ class Student:
             losses = []
             for idx in epoch:
                 batch = collate(self.tok, [items[j] for j in idx], a.max_length, a.loss_on).to(device)
-                out = model(
-                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels
-                )
-                if not torch.isfinite(out.loss):
-                    raise EditError(non_finite_loss(out.loss.item()))
+                loss = mean_loss(model, batch)  # logits at label positions only (student/head.py)
+                if not torch.isfinite(loss):
+                    raise EditError(non_finite_loss(loss.item()))
                 opt.zero_grad(set_to_none=True)
-                out.loss.backward()
+                loss.backward()
                 if a.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm)
                 opt.step()
                 faults.point("adapt")
-                losses.append(out.loss.item())
+                losses.append(loss.item())
             last = sum(losses) / len(losses)
         model.eval()
         return last

@@ -263,33 +263,33 @@ def edit_no_trainable_token(env: Env) -> None:
 
 
 def _patch_forward(env: Env, s: Any, fn: Callable[[Any], Any]) -> None:
-    real = s.model.forward
+    """Patch the model's body (what the inner loop's loss runs, student/head.py), in training only."""
+    body = s.model.base_model
+    real = body.forward
 
     def forward(*a: Any, **k: Any) -> Any:
         return fn(real(*a, **k)) if torch.is_grad_enabled() else real(*a, **k)  # training, not scoring
 
-    env.monkeypatch.setattr(s.model, "forward", forward)
+    env.monkeypatch.setattr(body, "forward", forward)
+
+
+def _patch_loss(env: Env, fn: Callable[[Any], Any]) -> None:
+    """Patch the one-at-a-time inner loop's loss."""
+    import student.student as student_module
+
+    real = student_module.mean_loss
+    env.monkeypatch.setattr(student_module, "mean_loss", lambda model, batch: fn(real(model, batch)))
 
 
 def loss_nan(env: Env) -> None:
     s = env.make_student("llama-t")
-
-    def nan(out: Any) -> Any:
-        out.loss = out.loss * float("nan")
-        return out
-
-    _patch_forward(env, s, nan)
+    _patch_loss(env, lambda loss: loss * float("nan"))
     zero(_evaluate(env, "Q: Where? A: here", s), "non-finite inner-loop loss (nan)")
 
 
 def loss_inf(env: Env) -> None:
     s = env.make_student("gpt2-t")
-
-    def inf(out: Any) -> Any:
-        out.loss = out.loss + float("inf")
-        return out
-
-    _patch_forward(env, s, inf)
+    _patch_loss(env, lambda loss: loss + float("inf"))
     zero(_evaluate(env, "Q: Where? A: here", s), "non-finite inner-loop loss (inf)")
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from orchestrator.records import Edit
-from student.batched import MultiLoRA, evaluate_batch, train_adapters
+from student.batched import MultiLoRA, edit_losses, evaluate_batch, length_groups, train_adapters
+from student.head import split_model, token_losses
 from student.pool import StudentPool, edit_seed
+from student.sequences import IGNORE, encode_item, pad_batch
 
 TOL = 1e-4
 
@@ -107,6 +110,90 @@ def test_batched_equals_sequential(make_student, task, name):
 
     after = _state(s.model)
     assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_length_groups_equal_one_padded_pass(make_student, task, monkeypatch):
+    """With the passage among the training sequences (include_context) a step's rows go through the model in
+    two length groups; the adapters still equal the sequential ones."""
+    import student.batched as batched
+
+    splits = []
+
+    def spy(lengths, *args):
+        out = length_groups(lengths, *args)
+        splits.append(len(out) > 1)
+        return out
+
+    monkeypatch.setattr(batched, "length_groups", spy)
+    s = make_student("llama-t", epochs=2, batch_size=4, learning_rate=3e-3, include_context=True)
+    ctxs = task.train_contexts()[:3]
+    items = [s.usable_items(_qa(c), c)[0] for c in ctxs]
+    seeds = [5, 6, 7]
+    with MultiLoRA(s, seeds) as ml:
+        trained = train_adapters(ml, items)
+        batched_states = [ml.adapter_state(k) for k in range(len(items))]
+    assert any(splits), "some step ran in two length groups"
+    for k in range(len(items)):
+        with s.adapted(items[k], seeds[k]) as loss:
+            seq = _lora_state(s.model)
+        assert trained[k][1] is None and abs(trained[k][0] - loss) <= TOL, f"edit {k}: loss"
+        for key in seq:
+            assert torch.allclose(batched_states[k][key], seq[key], atol=TOL, rtol=0), f"edit {k}: {key}"
+
+
+def test_length_groups():
+    assert length_groups([10, 12, 11]) == [[0, 1, 2]]  # little padding: one pass
+    assert length_groups([100, 10, 12, 9, 11, 10]) == [[1, 2, 3, 4, 5], [0]]
+    assert length_groups([5]) == [[0]]
+
+
+def _full_logits_edit_losses(logits, labels, rows):
+    """Reference: the per-edit loss from full-vocabulary logits at every position (the loop before head.py)."""
+    shift = F.pad(labels, (0, 1), value=IGNORE)[:, 1:]
+    per_token = F.cross_entropy(
+        logits.float().flatten(0, 1), shift.reshape(-1), ignore_index=IGNORE, reduction="none"
+    ).view(shift.shape)
+    sums = torch.stack([part.sum() for part in per_token.split(rows)])
+    counts = torch.stack([(part != IGNORE).sum() for part in shift.split(rows)])
+    return sums / counts
+
+
+@pytest.mark.parametrize("name", ["llama-t", "gpt2-t"])
+def test_head_only_loss_equals_full_logits(make_student, task, name):
+    """The loss from logits at labelled positions only equals the one from full logits, per edit, values and
+    gradients, with rows of no label token (one inside an edit, one making up an edit: NaN both ways)."""
+    from orchestrator.tasks.base import TrainingItem
+
+    s = make_student(name, learning_rate=3e-2)
+    assert split_model(s.model) is not None, "the fast path is taken"
+    c0, c1 = task.train_contexts()[:2]
+    items = [TrainingItem(task.qa_prompt(q.question), " " + q.answer) for q in c0.questions + c1.questions]
+    encoded = [encode_item(s.tok, it, 64) for it in items]
+    unlabelled = (encoded[0][0], [IGNORE] * len(encoded[0][0]))
+    encoded = encoded[:2] + [unlabelled] + encoded[2:5] + [unlabelled] + encoded[5:7]
+    rows = [3, 3, 1, 2]  # edit 2 is the one unlabelled row
+    batch = pad_batch(encoded, s.tok.pad_token_id)
+    with MultiLoRA(s, [1, 2, 3, 4]) as ml:
+        with torch.no_grad():  # move B off zero so the adapters change the logits
+            for w in ml.weights:
+                for _, b in w:
+                    b.normal_(0, 0.05)
+        results = []
+        for fast in (True, False):
+            with ml.route([0, 1, 2, 3], rows, training=True):
+                if fast:
+                    per_edit = edit_losses(*token_losses(ml.model, batch), rows)
+                else:
+                    out = ml.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+                    per_edit = _full_logits_edit_losses(out.logits, batch.labels, rows)
+            finite = torch.isfinite(per_edit)
+            grads = torch.autograd.grad(per_edit[finite].sum(), [p for ps in ml.params for p in ps])
+            results.append((per_edit.detach(), finite, grads))
+    (fast, fast_ok, fast_g), (ref, ref_ok, ref_g) = results
+    assert fast_ok.tolist() == ref_ok.tolist() == [True, True, False, True]
+    assert torch.allclose(fast[fast_ok], ref[ref_ok], atol=1e-5, rtol=0)
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=0) for a, b in zip(fast_g, ref_g))
+    assert any(g.abs().sum() > 0 for g in fast_g)
 
 
 def test_non_finite_loss_fails_one_edit_only(make_student, task):

@@ -100,3 +100,113 @@ def test_split_edit_and_qa_items():
     assert items[2] == TrainingItem(
         "Q: What colour is the sky? A:", " blue", question="What colour is the sky?"
     )
+
+
+def _reference_gold_logprobs(model, tok, prompts, answers):
+    """The gold-answer log-probs from full-vocabulary logits at every position (scoring.py before head.py)."""
+    out = []
+    for p, a in zip(prompts, answers):
+        pi = tok(p, add_special_tokens=True)["input_ids"]
+        ai = tok(" " + a.strip(), add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([pi + ai])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits.float(), dim=-1)
+        lp = logp[0, len(pi) - 1 : len(ids[0]) - 1].gather(-1, ids[0, len(pi) :, None])
+        out.append(float(lp.mean()))
+    return out
+
+
+@pytest.mark.parametrize("name", ["llama-t", "gpt2-t"])
+def test_head_only_scores_and_loss_equal_full_logits(make_student, task, name):
+    """Gold-answer log-probs (padded batches, logits at answer tokens only) and the sequential loop's loss
+    (logits at label positions only) equal the full-logits computations, on the base and a peft-wrapped model."""
+    from student.head import mean_loss, split_model
+    from student.scoring import gold_logprobs
+
+    s = make_student(name, learning_rate=3e-2)
+    ctxs = task.train_contexts()[:2]
+    qs = [q for c in ctxs for q in c.questions]
+    prompts, golds = [task.qa_prompt(q.question) for q in qs], [q.answer for q in qs]
+    batch = collate(s.tok, [TrainingItem(p, " " + g) for p, g in zip(prompts, golds)], 64)
+    with s.adapted(task.training_items(_qa_edit(ctxs[0]), ctxs[0], include_context=False), seed=0):
+        for model in (s.model, s.model.get_base_model()):  # peft-wrapped (LoRA trained), then its base
+            assert split_model(model) is not None, "the fast path is taken"
+            fast = gold_logprobs(model, s.tok, prompts, golds, batch_size=3)
+            ref = _reference_gold_logprobs(model, s.tok, prompts, golds)
+            assert fast == pytest.approx(ref, abs=1e-5, rel=0)
+            with torch.no_grad():
+                ref_loss = model(
+                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels
+                )
+                assert abs(float(mean_loss(model, batch)) - float(ref_loss.loss)) <= 1e-5
+
+
+def test_other_architectures_head_matches_forward():
+    """logits_at equals the forward's logits for the other listed architectures, Gemma 3's final logit
+    soft-capping included, and for an unlisted one (the full-forward fallback)."""
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig, GraniteConfig, Qwen2Config
+
+    from student.head import logits_at, split_model
+
+    small = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2)
+    small.update(num_attention_heads=2, num_key_value_heads=1, pad_token_id=0)
+    configs = [
+        Gemma3TextConfig(**small, head_dim=16, final_logit_softcapping=2.0, sliding_window=4),
+        Qwen2Config(**small),
+        GraniteConfig(**small, logits_scaling=4.0),  # not listed: runs the full forward
+    ]
+    torch.manual_seed(0)
+    ids = torch.randint(1, 97, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    rows, cols = torch.tensor([0, 0, 1, 2, 2]), torch.tensor([0, 8, 5, 3, 7])
+    for config in configs:
+        model = AutoModelForCausalLM.from_config(config).eval()
+        assert (split_model(model) is None) == (config.model_type == "granite")
+        with torch.no_grad():
+            ref = model(input_ids=ids, attention_mask=mask).logits[rows, cols]
+            fast = logits_at(model, ids, mask, rows, cols)
+        assert torch.allclose(fast, ref, atol=1e-5, rtol=0), config.model_type
+        if config.model_type == "gemma3_text":
+            assert ref.abs().max() < 2.0, "soft-capping applied"
+
+
+def test_greedy_answers_stop_at_first_newline(make_student, task):
+    """Rows stop generating at their first newline, with the same first lines as unstopped generation."""
+    from student.scoring import greedy_answers, greedy_completions, newline_tokens
+
+    s = make_student("gpt2-t")
+    (nl,) = newline_tokens(s.tok, torch.device("cpu")).nonzero()[:, 0].tolist()
+    with torch.no_grad():  # make the newline likelier: some rows emit it early, others never
+        s.model.get_output_embeddings().weight[nl] *= 2
+    prompts = [task.qa_prompt(q.question) for c in task.train_contexts() for q in c.questions]
+    full = greedy_completions(s.model, s.tok, prompts, 12, 8)
+    stopped = greedy_completions(s.model, s.tok, prompts, 12, 8, stop_at_newline=True)
+    answers = greedy_answers(s.model, s.tok, prompts, 12, 8)
+    assert any(t.split("\n", 1)[-1] != "" for t in full if "\n" in t), "text after a newline, unstopped"
+    assert any("\n" not in t for t in full), "a row without a newline keeps its batch going"
+    assert answers == [t.split("\n")[0].strip() for t in full]
+    assert [t.split("\n")[0] for t in stopped] == [t.split("\n")[0] for t in full]
+    assert all(t.split("\n", 1)[1] == "" for t in stopped if "\n" in t), "nothing generated after a newline"
+    assert [t for t in stopped if "\n" not in t] == [t for t in full if "\n" not in t]
+
+
+def test_lora_dropout_goes_one_at_a_time(make_student, task, caplog):
+    """With adapt.lora_dropout > 0, evaluate_edits adapts one edit at a time (batched edits would share one
+    dropout RNG stream) and equals evaluate_edit exactly; it says so once."""
+    import logging
+
+    s = make_student("llama-t", lora_dropout=0.1, edit_batch_size=8, epochs=2, learning_rate=1e-2)
+    ref = make_student("llama-t", lora_dropout=0.1, edit_batch_size=1, epochs=2, learning_rate=1e-2)
+    ctxs = task.train_contexts()[:3]
+    texts, seeds = [_qa_edit(c) for c in ctxs], [11, 12, 13]
+    with caplog.at_level(logging.INFO, logger="student.student"):
+        outs = s.evaluate_edits(texts, list(ctxs), seeds)
+        outs += s.evaluate_edits(texts[:1], list(ctxs[:1]), seeds[:1])
+    assert sum("lora_dropout" in r.getMessage() for r in caplog.records) == 1
+    singles = [
+        ref.evaluate_edit(t, c, sd)
+        for t, c, sd in zip(texts + texts[:1], list(ctxs) + [ctxs[0]], seeds + seeds[:1])
+    ]
+    assert all(o.error is None for o in outs)
+    assert outs == singles
