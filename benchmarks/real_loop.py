@@ -3,7 +3,7 @@ SmolLM2-135M-Instruct and Gemma-3-270M students; SQuAD train passages) for one o
 held-out reward per round (mean over held-out edits ± standard error over held-out passages).
 
     make real-models
-    .venv/bin/python benchmarks/real_loop.py [--seeds 0 1] [--tag NAME] [key=value ...]
+    .venv/bin/python benchmarks/real_loop.py [--seeds 0 1] [--students smollm2] [--tag NAME] [key=value ...]
 
 Writes benchmarks/results/real_loop.json (``--out`` to change) as
 ``{"config", "overrides", "runs": [{"seed", "wall_seconds", "run_dir", "rounds": [{"round",
@@ -35,10 +35,16 @@ def main() -> None:
     ap.add_argument("--config", default=str(ROOT / "configs" / "real_cpu.yaml"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "real_loop.json"))
     ap.add_argument("--tag", default="real", help="run directory names: runs/<tag>-seed<k>")
+    ap.add_argument("--students", nargs="+", help="keep only these students of the config (default: all)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    out = {"config": str(Path(args.config).relative_to(ROOT)), "overrides": args.overrides, "runs": []}
+    out = {
+        "config": str(Path(args.config).resolve().relative_to(ROOT)),
+        "overrides": args.overrides,
+        "students": args.students or "all",
+        "runs": [],
+    }
     for seed in args.seeds:
         cfg = load_config(
             args.config,
@@ -50,16 +56,28 @@ def main() -> None:
                 *args.overrides,
             ],
         )
+        if args.students:
+            missing = set(args.students) - {s.name for s in cfg.students}
+            if missing:
+                raise SystemExit(f"--students: no student named {sorted(missing)} in {args.config}")
+            cfg.students = [s for s in cfg.students if s.name in args.students]
         t = time.time()
         runner = Runner.new(cfg)
         summary = runner.run()
         rounds = [{k: r.get(k) for k in KEYS} for r in summary["rounds"]]
         out["runs"].append(
-            {"seed": seed, "wall_seconds": time.time() - t, "run_dir": str(runner.rundir.path), "rounds": rounds}
+            {
+                "seed": seed,
+                "wall_seconds": time.time() - t,
+                "run_dir": str(runner.rundir.path),
+                "rounds": rounds,
+            }
         )
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-        cells = ", ".join(f"r{r['round']} {r['heldout_mean_reward']:+.3f}±{r['heldout_sem']:.3f}" for r in rounds)
+        cells = ", ".join(
+            f"r{r['round']} {r['heldout_mean_reward']:+.3f}±{r['heldout_sem']:.3f}" for r in rounds
+        )
         print(f"seed {seed}: {cells} ({time.time() - t:.0f} s)", flush=True)
     n = max(len(r["rounds"]) for r in out["runs"])
     print("\n| seed | " + " | ".join(f"round {i} held-out" for i in range(n)) + " | last − first |")
