@@ -43,6 +43,7 @@ class Student:
             p.requires_grad_(False)
         self._baselines: dict[str, StudentScore] = {}
         self.chat = uses_chat_template(tokenizer, cfg.use_chat_template)
+        self._said_dropout = False  # logged once why edits go one at a time (edit_batch_size)
 
     def qa_prompt(self, question: str, context: Context | None = None) -> str:
         """The text this student is asked ``question`` with (its chat template when :attr:`chat`)."""
@@ -57,7 +58,6 @@ class Student:
         return TrainingItem(
             prompt, answer_continuation(prompt, item.completion), item.question, rendered=True
         )
-        self._said_dropout = False  # logged once why edits go one at a time (edit_batch_size)
 
     @property
     def model_type(self) -> str:
