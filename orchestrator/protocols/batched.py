@@ -91,13 +91,12 @@ def _chunk(
     results = []
     for j, u in enumerate(chunk):
         items, note, error = prepared[j]
-        runs = [
-            trained[a] for a, (k, _) in enumerate(adapters) if k == j
-        ]  # (answers, loss, error) per repeat
+        # (answers, loss, error) of each repeat
+        runs = [trained[a] for a, (k, _) in enumerate(adapters) if k == j]
         failed = next((e for _, _, e in runs if e is not None), None)
         error = error or failed
         answers = base.get(student, u.contexts) if error else average_answers([a for a, _, _ in runs])
-        losses = [loss for _, loss, _ in runs]
+        losses = [loss for _, loss, _ in runs if loss is not None]
         results.append(
             UpdateResult(
                 source=source.name,
