@@ -314,36 +314,58 @@ def _mean(values: list[float]) -> float:
 
 
 def score_adapters(ml: MultiLoRA, contexts: list[Context], which: list[int]) -> dict[int, StudentScore]:
-    """Score adapter i (for i in ``which``) on ``contexts[i]``'s questions without the context: greedy
-    KV-cached answers and gold-answer log-probs, every adapter's questions in the same batched passes (of at
-    most ``eval_batch_size`` questions, an adapter's questions kept together)."""
-    s = ml.student
-    out = {i: StudentScore(0.0, 0.0, 0.0, 0) for i in which if not contexts[i].questions}
-    todo = [i for i in which if contexts[i].questions]
-    for part in _passes(todo, [len(contexts[i].questions) for i in todo], s.cfg.eval_batch_size):
-        qs = [(q, contexts[i]) for i in part for q in contexts[i].questions]
-        prompts, golds = [s.qa_prompt(q.question, c) for q, c in qs], [q.answer for q, _ in qs]
-        special = not s.chat
-        with ml.route(part, [len(contexts[i].questions) for i in part]):
-            preds = greedy_answers(ml.model, s.tok, prompts, s.cfg.max_new_tokens, len(prompts), special)
-            lps = gold_logprobs(ml.model, s.tok, prompts, golds, len(prompts), special)
-        start = 0
-        for i in part:
-            end = start + len(contexts[i].questions)
-            out[i] = aggregate_score(preds[start:end], golds[start:end], lps[start:end])
-            start = end
+    """Score adapter i (for i in ``which``) on ``contexts[i]``'s questions without the context
+    (:func:`adapter_answers`)."""
+    answers = adapter_answers(ml, {i: [contexts[i]] for i in which})
+    out = {}
+    for i in which:
+        (preds, lps), golds = answers[i], [q.answer for q in contexts[i].questions]
+        out[i] = aggregate_score(preds, golds, lps) if golds else StudentScore(0.0, 0.0, 0.0, 0)
     return out
 
 
-def _passes(todo: list[int], sizes: list[int], limit: int) -> list[list[int]]:
-    """Group adapters into passes of at most ``limit`` questions (or one adapter, if it alone has more)."""
-    passes: list[list[int]] = []
+def adapter_answers(
+    ml: MultiLoRA, contexts: dict[int, list[Context]]
+) -> dict[int, tuple[list[str], list[float]]]:
+    """For each adapter i in ``contexts``: greedy KV-cached no-context answers and mean gold-answer log-probs
+    of every question of ``contexts[i]`` (passage by passage, question by question), asked as
+    :meth:`Student.qa_prompt` asks (no special tokens added for a chat student). Every adapter's questions go
+    through the same batched passes of at most ``eval_batch_size`` questions, an adapter's questions kept
+    together (one with more has passes of its own)."""
+    s = ml.student
+    qs = {i: [(q, c) for c in cs for q in c.questions] for i, cs in contexts.items()}
+    out: dict[int, tuple[list[str], list[float]]] = {i: ([], []) for i in contexts}
+    todo = [i for i in contexts if qs[i]]
+    for part in _passes(todo, [len(qs[i]) for i in todo], s.cfg.eval_batch_size):
+        rows = [qs[i][a:b] for i, a, b in part]
+        prompts = [s.qa_prompt(q.question, c) for r in rows for q, c in r]
+        golds = [q.answer for r in rows for q, _ in r]
+        special = not s.chat
+        with ml.route([i for i, _, _ in part], [len(r) for r in rows]):
+            preds = greedy_answers(ml.model, s.tok, prompts, s.cfg.max_new_tokens, len(prompts), special)
+            lps = gold_logprobs(ml.model, s.tok, prompts, golds, len(prompts), special)
+        start = 0
+        for (i, _, _), r in zip(part, rows):
+            out[i][0].extend(preds[start : start + len(r)])
+            out[i][1].extend(lps[start : start + len(r)])
+            start += len(r)
+    return out
+
+
+def _passes(todo: list[int], sizes: list[int], limit: int) -> list[list[tuple[int, int, int]]]:
+    """Scoring passes of at most ``limit`` questions, each a list of ``(adapter, start, end)``: its questions
+    ``start:end``. Adapters are packed whole; one with more than ``limit`` questions gets passes of its own."""
+    passes: list[list[tuple[int, int, int]]] = []
     used = limit
     for i, n in zip(todo, sizes):
+        if n > limit:
+            passes += [[(i, a, min(a + limit, n))] for a in range(0, n, limit)]
+            used = limit
+            continue
         if used + n > limit:
             passes.append([])
             used = 0
-        passes[-1].append(i)
+        passes[-1].append((i, 0, n))
         used += n
     return passes
 

@@ -83,18 +83,24 @@ def update_seed(run_seed: int, source: str, student: str, step: int, context_ids
 def answer_questions(student: Any, contexts: list[Context]) -> list[Answer]:
     """Greedy no-context answers (EM, F1) and gold log-probabilities for every question of ``contexts``,
     batched across passages."""
-    qs = [(c.id, i, q) for c in contexts for i, q in enumerate(c.questions)]
+    qs = [(q, c) for c in contexts for q in c.questions]
     if not qs:
         return []
-    by_id = {c.id: c for c in contexts}
-    prompts = [student.qa_prompt(q.question, by_id[cid]) for cid, _, q in qs]
-    golds = [q.answer for _, _, q in qs]
+    prompts = [student.qa_prompt(q.question, c) for q, c in qs]
+    golds = [q.answer for q, _ in qs]
     bs, special = student.cfg.eval_batch_size, not student.chat
     preds = greedy_answers(student.model, student.tok, prompts, student.cfg.max_new_tokens, bs, special)
     lps = gold_logprobs(student.model, student.tok, prompts, golds, bs, special)
+    return make_answers(contexts, preds, lps)
+
+
+def make_answers(contexts: list[Context], preds: list[str], lps: list[float]) -> list[Answer]:
+    """The :class:`Answer` of every question of ``contexts`` (passage by passage, question by question) from
+    its greedy prediction and gold log-prob, in that order."""
+    qs = [(c.id, i, q) for c in contexts for i, q in enumerate(c.questions)]
     return [
         Answer(cid, i, q.question, q.answer, p, exact_match(p, q.answer), token_f1(p, q.answer), lp)
-        for (cid, i, q), p, lp in zip(qs, preds, lps)
+        for (cid, i, q), p, lp in zip(qs, preds, lps, strict=True)
     ]
 
 
@@ -169,11 +175,11 @@ def adapt_and_score(
     With ``adapt.eval_times`` = t > 1 (SEAL's ``eval_times``) the update is made t times from independent
     seeds and each question's EM, F1 and log-prob are averaged over the t updates (the prediction shown is the
     first update's); the loss is the mean of the t final losses."""
-    times = max(1, int(getattr(student.cfg.adapt, "eval_times", 1)))
+    times = eval_times(student)
     try:
         runs, losses = [], []
         for r in range(times):
-            seed_r = seed if r == 0 else update_seed(seed, "eval_times", student.name, r, [])
+            seed_r = repeat_seed(seed, student.name, r)
             with student.adapted(items, seed_r) as loss:
                 runs.append(answer_questions(student, eval_contexts))
                 losses.append(loss)
@@ -185,6 +191,15 @@ def adapt_and_score(
             torch.cuda.empty_cache()
         error = "out of memory while adapting or scoring; lower adapt.batch_size or eval_batch_size"
     return base.get(student, eval_contexts), None, error
+
+
+def eval_times(student: Any) -> int:
+    return max(1, int(getattr(student.cfg.adapt, "eval_times", 1)))
+
+
+def repeat_seed(seed: int, student: str, r: int) -> int:
+    """The seed of an update's r-th repeat under ``adapt.eval_times`` (r = 0: the update's own seed)."""
+    return seed if r == 0 else update_seed(seed, "eval_times", student, r, [])
 
 
 def average_answers(runs: list[list[Answer]]) -> list[Answer]:

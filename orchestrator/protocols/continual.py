@@ -2,7 +2,8 @@
 another and kept (a LoRA is merged into the weights after each step, or the weights are fine-tuned in place);
 after step i every passage j <= i is evaluated. The result is a forgetting matrix per (source, student):
 ``matrix[i][j]`` = score on passage j after step i (None above the diagonal). The student is restored
-bit-exactly afterwards."""
+bit-exactly afterwards. Steps go one at a time: each trains on the student the previous steps left, so
+they cannot be adapted together as the single and cpt protocols' updates are."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 together (LoRA or full fine-tuning, per the student's adapt config), evaluated on all their questions.
 
 The passages are cut into consecutive groups of ``n`` (a last, smaller group is kept); each group is one
-update from the unchanged student, and a source's score averages over the groups' questions."""
+update from the unchanged student, and a source's score averages over the groups' questions. A LoRA student's
+groups are adapted ``edit_batch_size`` at a time (:mod:`orchestrator.protocols.batched`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from orchestrator.protocols.common import BaseAnswers, Settings, UpdateResult, timed_update
+from orchestrator.protocols.batched import Update, run_updates
+from orchestrator.protocols.common import BaseAnswers, Settings, UpdateResult
 from orchestrator.protocols.data import Source
 from orchestrator.records import Context
 
@@ -25,11 +27,12 @@ def run_cpt(
     student: Any, source: Source, contexts: list[Context], settings: Settings, base: BaseAnswers
 ) -> list[UpdateResult]:
     parts = groups(contexts, settings.n)
-    bar = tqdm(parts, desc=f"cpt {source.name} → {student.name}", disable=not settings.progress, unit="group")
-    results = []
-    for g, group in enumerate(bar):
-        pairs = (
-            None if source.kind == "base" else [(t, c) for c in group for t in source.texts(c, settings.k)]
-        )
-        results.append(timed_update(student, source, g, pairs, group, settings, base))
-    return results
+    plan = [Update(g, _pairs(source, group, settings.k), group) for g, group in enumerate(parts)]
+    desc = f"cpt {source.name} → {student.name}"
+    with tqdm(total=len(plan), desc=desc, disable=not settings.progress, unit="group") as bar:
+        return run_updates(student, source, plan, settings, base, bar)
+
+
+def _pairs(source: Source, group: list[Context], k: int) -> list[tuple[str, Context]] | None:
+    """The texts of one group's update (``None`` for the ``base`` source: no update)."""
+    return None if source.kind == "base" else [(t, c) for c in group for t in source.texts(c, k)]

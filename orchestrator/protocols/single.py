@@ -1,5 +1,6 @@
 """Single-passage knowledge incorporation (SEAL's main table): for each passage, one update per edit of the
-student, then no-context QA on that passage's questions; a source's score averages over its edits."""
+student, then no-context QA on that passage's questions; a source's score averages over its edits. A LoRA
+student's updates are adapted ``edit_batch_size`` at a time (:mod:`orchestrator.protocols.batched`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from orchestrator.protocols.batched import Update, run_updates
 from orchestrator.protocols.common import BaseAnswers, Settings, UpdateResult, timed_update
 from orchestrator.protocols.data import Source
 from orchestrator.records import Context
@@ -19,6 +21,11 @@ def run_single(
     if source.kind == "base":
         return [timed_update(student, source, 0, None, [c], settings, base) for c in contexts]
     # a passage without edits gets one empty update: a recorded failure, scored as the unchanged student
-    plan = [(c, i, text) for c in contexts for i, text in enumerate(source.texts(c, settings.k) or [""])]
-    bar = tqdm(plan, desc=f"single {source.name} → {student.name}", disable=not settings.progress, unit="upd")
-    return [timed_update(student, source, i, [(text, c)], [c], settings, base) for c, i, text in bar]
+    plan = [
+        Update(i, [(text, c)], [c])
+        for c in contexts
+        for i, text in enumerate(source.texts(c, settings.k) or [""])
+    ]
+    desc = f"single {source.name} → {student.name}"
+    with tqdm(total=len(plan), desc=desc, disable=not settings.progress, unit="upd") as bar:
+        return run_updates(student, source, plan, settings, base, bar)
