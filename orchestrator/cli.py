@@ -80,10 +80,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from orchestrator.config import load_config
+    from orchestrator.config import ConfigError, load_config
     from orchestrator.protocols import EvalRequest, create_eval_dir, markdown_table, plan_eval, run_eval
 
     cfg = load_config(args.config, args.overrides)
+    if args.students:
+        wanted = [n.strip() for n in args.students.split(",") if n.strip()]
+        unknown = sorted(set(wanted) - {s.name for s in cfg.students})
+        if unknown or not wanted:
+            raise ConfigError(
+                f"--students {unknown or '(empty)'}: choose from {','.join(s.name for s in cfg.students)}"
+            )
+        cfg.students = [s for s in cfg.students if s.name in wanted]
     sources = [s.strip() for s in args.sources.split(",") if s.strip()]
     req = EvalRequest(
         data=args.data,
@@ -263,6 +271,7 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
         "--sources", default="base,passage,teacher,edits", help="comma list of base,passage,teacher,edits"
     )
     ev.add_argument("--name", help="output directory under run.output_dir (default eval-<protocol>-<time>)")
+    ev.add_argument("--students", help="comma list: evaluate only these students of the config (default all)")
     ev.add_argument(
         "--metric", default="gold_logprob", choices=["em", "f1", "gold_logprob"], help="continual heatmap"
     )

@@ -133,6 +133,24 @@ def locate(spec: str, cache_dir: str | Path) -> Path:
     return path
 
 
+def check_file(path: Path) -> str:
+    """Read the file's GGUF header and tensor table (memory-mapped; no weights are dequantized) and return
+    its architecture. A truncated or corrupt file fails here, before any work, with the fix named."""
+    if importlib.util.find_spec("gguf") is None:
+        raise GGUFSourceError("reading GGUF checkpoints needs the `gguf` package: pip install 'gguf==0.19.0'")
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+        field = reader.fields["general.architecture"]
+        return bytes(field.parts[-1]).decode("utf-8", "replace")
+    except Exception as exc:  # numpy reshape / struct / key errors of a cut or damaged file
+        raise GGUFSourceError(
+            f"{path}: cannot read this GGUF file ({type(exc).__name__}: {str(exc)[:120]}). It may be truncated "
+            f"or corrupt: reinstall its package or replace the file."
+        ) from None
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -152,6 +170,7 @@ def resolve(spec: str, cache_dir: str | Path, trust_remote_code: bool = False) -
     out = converted_dir(file, cache_dir)
     if (out / "teachedit_gguf.json").is_file():
         return out
+    check_file(file)  # a truncated or corrupt file: this clear error rather than one from deep in the loader
     convert(file, out, trust_remote_code=trust_remote_code)
     return out
 
@@ -201,9 +220,9 @@ def _conversion_hint(file: Path, exc: Exception) -> str:
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if "not supported" in msg.lower() or "architecture" in msg.lower():
         try:
-            from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+            from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
-            supported = ", ".join(sorted(GGUF_CONFIG_MAPPING))
+            supported = ", ".join(sorted(GGUF_SUPPORTED_ARCHITECTURES))
         except Exception:  # the mapping moved: still name the problem
             supported = "see transformers' GGUF documentation"
         return (

