@@ -100,9 +100,11 @@ def seal_style(student: Student, edits: list[tuple[str, Context]], seeds: list[i
     a, tok, cfg = student.cfg.adapt, student.tok, student.cfg
     device = next(student.model.parameters()).device
     for (text, ctx), seed in zip(edits, seeds):
-        score_context(student.model, tok, student.task, ctx, cfg.max_new_tokens, cfg.eval_batch_size)
+        score_context(
+            student.model, tok, student.task, ctx, cfg.max_new_tokens, cfg.eval_batch_size, student.chat
+        )
         rows = []
-        for item in student.usable_items(text, ctx) or []:
+        for item in student.usable_items(text, ctx)[0]:  # (items, error, note)
             ids, labels = encode_item(tok, item, a.max_length, a.loss_on)
             rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
         torch.manual_seed(seed)
@@ -131,7 +133,7 @@ def seal_style(student: Student, edits: list[tuple[str, Context]], seeds: list[i
         trainer.train()
         model.save_pretrained(workdir / "adapter")
         model.eval()
-        score_context(model, tok, student.task, ctx, cfg.max_new_tokens, cfg.eval_batch_size)
+        score_context(model, tok, student.task, ctx, cfg.max_new_tokens, cfg.eval_batch_size, student.chat)
         student.model = model.unload()
         student.model.eval()
         shutil.rmtree(workdir / "adapter")
