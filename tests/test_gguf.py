@@ -68,10 +68,14 @@ def test_registered_source_converts_once_into_an_ordinary_folder():
 def test_config_accepts_gguf_and_a_local_file(tmp_path):
     cfg = load_config(CONFIGS / "default.yaml", ["teacher.model.gguf=smollm2-135m-instruct"])
     assert cfg.teacher.model.gguf == "smollm2-135m-instruct"  # the config's tiny spec is then unused
-    f = Path(tmp_path / "x.gguf")
-    f.write_bytes(b"GGUF")
     from orchestrator.preflight import check_model_source
 
-    check_model_source(ModelConfig(gguf=str(f)), "teacher.model")  # exists: accepted before conversion
+    real = gguf.locate("smollm2-135m-instruct", tmp_path)
+    check_model_source(ModelConfig(gguf=str(real)), "teacher.model")  # a whole GGUF file given by path
+    assert gguf.check_file(real) == "llama"
+    f = Path(tmp_path / "x.gguf")
+    f.write_bytes(b"GGUF")  # the magic alone: read whole, it is refused before any work
+    with pytest.raises(ConfigError, match="truncated or corrupt"):
+        check_model_source(ModelConfig(gguf=str(f)), "teacher.model")
     with pytest.raises(ConfigError, match="neither a registered source"):
         check_model_source(ModelConfig(gguf=str(tmp_path / "nope.gguf")), "teacher.model")
