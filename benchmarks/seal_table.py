@@ -6,7 +6,7 @@ same passages and questions are scored for every source, so differences are take
     teachedit eval configs/real_cpu.yaml run.progress=false teacher.generation.num_edits=1 \\
         --data orchestrator/data/squad/passages.json --limit 40 --k 1 --name seal_table \\
         --edits orchestrator/data/squad/edits_qwen2.5-7b.json orchestrator/data/squad/edits_gpt4_1.json
-    .venv/bin/python benchmarks/seal_table.py runs/seal_table
+    .venv/bin/python benchmarks/seal_table.py runs/seal_table [more eval directories ...]
 
 Reads ``updates.jsonl`` (so a run still in progress, or one that was stopped, is summarised over the updates
 it finished: only passages that every source has finished for a student are used) and writes
@@ -100,10 +100,14 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("eval_dir", type=Path)
+    ap.add_argument("eval_dirs", type=Path, nargs="+", help="one or more `teachedit eval` directories")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "seal_table.json"))
     args = ap.parse_args()
-    result = summarise(args.eval_dir)
+    result: dict = {"eval_dirs": [], "students": {}}
+    for d in args.eval_dirs:
+        part = summarise(d)
+        result["eval_dirs"].append(part["eval_dir"])
+        result["students"].update(part["students"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(result))
