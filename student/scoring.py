@@ -12,6 +12,7 @@ import torch
 
 from orchestrator.records import Context, StudentScore
 from student.head import logits_at
+from student.prompting import answer_continuation, qa_prompt
 
 
 def normalize_answer(s: str) -> str:
@@ -142,8 +143,6 @@ def gold_logprobs(
     """Mean per-token log-probability of each gold answer's tokens after its prompt (the answer follows the
     prompt as :func:`student.prompting.answer_continuation` says: directly after whitespace, else after a
     space). Teacher-forced, one forward pass per batch, the LM head on the answer tokens only: no decoding."""
-    from student.prompting import answer_continuation
-
     device = next(model.parameters()).device
     out: list[float] = []
     for i in range(0, len(prompts), batch_size):
@@ -179,8 +178,6 @@ def score_context(
 ) -> StudentScore:
     """Score a student on a context's questions without the context in the prompt (``chat``: asked through
     its chat template, :mod:`student.prompting`)."""
-    from student.prompting import qa_prompt
-
     if not context.questions:
         return StudentScore(0.0, 0.0, 0.0, 0)
     prompts = [qa_prompt(task, tok, chat, q.question, context) for q in context.questions]

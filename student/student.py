@@ -294,7 +294,8 @@ NO_USABLE_TEXT = "edit has no usable text"
 
 
 def repeat_seed(seed: int, r: int) -> int:
-    """The seed of an edit's r-th update under ``adapt.eval_times`` (r = 0: the edit's own seed)."""
+    """The seed of an edit's (or eval update's) r-th repeat under ``adapt.eval_times`` (r = 0: its own seed);
+    the loop (:meth:`Student.evaluate_edits`) and `teachedit eval` share it."""
     return seed if r == 0 else (seed * 1_000_003 + r * 7_919) & 0x7FFFFFFF
 
 

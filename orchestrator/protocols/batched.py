@@ -24,9 +24,7 @@ from orchestrator.protocols.common import (
     Settings,
     UpdateResult,
     average_answers,
-    eval_times,
     make_answers,
-    repeat_seed,
     timed_update,
     update_items,
     update_seed,
@@ -34,6 +32,7 @@ from orchestrator.protocols.common import (
 from orchestrator.protocols.data import Source
 from orchestrator.records import Context
 from orchestrator.tasks.base import TrainingItem
+from student.student import repeat_seed
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +59,7 @@ def run_updates(
             out.append(timed_update(student, source, u.step, u.pairs, u.contexts, settings, base))
             bar.update(1)
         return out
-    per_chunk = max(1, n // eval_times(student))  # updates whose eval_times adapters fit one batch
+    per_chunk = max(1, n // student.cfg.adapt.eval_times)  # updates whose eval_times adapters fit one batch
     for i in range(0, len(updates), per_chunk):
         for r in _chunk(student, source, updates[i : i + per_chunk], settings, base):
             out.append(r)
@@ -72,12 +71,12 @@ def _chunk(
     student: Any, source: Source, chunk: list[Update], settings: Settings, base: BaseAnswers
 ) -> list[UpdateResult]:
     started = time.time()
-    times = eval_times(student)
+    times = student.cfg.adapt.eval_times
     prepared = [update_items(student, source.kind, u.pairs or [], settings.include_context) for u in chunk]
     live = [j for j, (_, _, error) in enumerate(prepared) if error is None]
     seeds = {j: _seed(student, source, chunk[j], settings) for j in live}
     # one adapter per (update j, repeat r), with the seeds adapt_and_score uses
-    adapters = [(j, repeat_seed(seeds[j], student.name, r)) for j in live for r in range(times)]
+    adapters = [(j, repeat_seed(seeds[j], r)) for j in live for r in range(times)]
     try:
         trained = _train_and_answer(student, adapters, prepared, chunk)
     except torch.OutOfMemoryError:

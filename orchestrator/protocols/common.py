@@ -16,7 +16,7 @@ from orchestrator.records import Context, json_safe
 from orchestrator.tasks.base import TrainingItem
 from student.scoring import exact_match, gold_logprobs, greedy_answers, token_f1
 from student.sequences import clean_text, fit_items
-from student.student import EditError
+from student.student import EditError, repeat_seed
 
 
 @dataclass(frozen=True)
@@ -175,11 +175,11 @@ def adapt_and_score(
     With ``adapt.eval_times`` = t > 1 (SEAL's ``eval_times``) the update is made t times from independent
     seeds and each question's EM, F1 and log-prob are averaged over the t updates (the prediction shown is the
     first update's); the loss is the mean of the t final losses."""
-    times = eval_times(student)
+    times = student.cfg.adapt.eval_times
     try:
         runs, losses = [], []
         for r in range(times):
-            seed_r = repeat_seed(seed, student.name, r)
+            seed_r = repeat_seed(seed, r)
             with student.adapted(items, seed_r) as loss:
                 runs.append(answer_questions(student, eval_contexts))
                 losses.append(loss)
@@ -191,15 +191,6 @@ def adapt_and_score(
             torch.cuda.empty_cache()
         error = "out of memory while adapting or scoring; lower adapt.batch_size or eval_batch_size"
     return base.get(student, eval_contexts), None, error
-
-
-def eval_times(student: Any) -> int:
-    return max(1, int(getattr(student.cfg.adapt, "eval_times", 1)))
-
-
-def repeat_seed(seed: int, student: str, r: int) -> int:
-    """The seed of an update's r-th repeat under ``adapt.eval_times`` (r = 0: the update's own seed)."""
-    return seed if r == 0 else update_seed(seed, "eval_times", student, r, [])
 
 
 def average_answers(runs: list[list[Answer]]) -> list[Answer]:
