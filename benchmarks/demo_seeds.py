@@ -2,6 +2,7 @@
 held-out reward per round (mean ± standard error over held-out contexts), per seed.
 
     .venv/bin/python benchmarks/demo_seeds.py [--seeds 0 1 2] [key=value ...]
+    .venv/bin/python benchmarks/demo_seeds.py --quick   # seed 0, 1 update, 4 + 2 contexts (~1 min; a test runs it)
 
 Writes benchmarks/results/demo_seeds.json and prints a markdown table. Each seed changes both the run seed
 (sampling, LoRA init) and the task seed (which people are the training and held-out contexts).
@@ -21,13 +22,27 @@ from orchestrator.runner import Runner
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
+QUICK = ["algorithm.rounds=1", "task.num_train_contexts=4", "task.num_heldout_contexts=2"]
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "demo_seeds.json"))
+    ap.add_argument(
+        "--out", help="default: results/demo_seeds.json (--quick: runs/benchmarks/demo_seeds_quick.json)"
+    )
+    ap.add_argument("--quick", action="store_true", help="seed 0, one update, 4 + 2 contexts: checks it runs")
     ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.seeds = [0]
+        args.overrides = [*QUICK, *args.overrides]
+    args.out = args.out or str(
+        ROOT / "runs" / "benchmarks" / "demo_seeds_quick.json"
+        if args.quick
+        else ROOT / "benchmarks" / "results" / "demo_seeds.json"
+    )
     logging.basicConfig(level=logging.WARNING)
     results = {}
     for seed in args.seeds:

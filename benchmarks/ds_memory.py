@@ -2,6 +2,7 @@
 
     python benchmarks/ds_memory.py                 # launches itself with torchrun at 1 and 2 ranks, prints a table
     python benchmarks/ds_memory.py --ranks 1 2 4   # more ranks (on a machine with the cores or GPUs for them)
+    python benchmarks/ds_memory.py --quick         # a ~5M student (checks it runs; a test runs it)
 
 Each rank loads the student through ``student.distributed.load_sharded_student`` (``zero.Init``), measures the
 bytes of parameter storage it holds (its partitions plus any whole tensor), runs one LoRA edit through a
@@ -38,12 +39,15 @@ SPEC = dict(
 )
 
 
-def student_config():
+QUICK_SPEC = {**SPEC, "hidden_size": 256, "num_layers": 5, "num_heads": 4, "intermediate_size": 1024}
+
+
+def student_config(quick: bool = False):
     from orchestrator.config import AdaptConfig, ModelConfig, StudentConfig, TinyModelSpec
 
     return StudentConfig(
-        name="bench-30m",
-        model=ModelConfig(tiny=TinyModelSpec(**SPEC)),
+        name="bench-5m" if quick else "bench-30m",
+        model=ModelConfig(tiny=TinyModelSpec(**(QUICK_SPEC if quick else SPEC))),
         adapt=AdaptConfig(method="lora", epochs=2),
         sharding="zero3",
     )
@@ -56,7 +60,7 @@ def peak_rss_bytes() -> int:
     return 0
 
 
-def worker(cache_dir: str, out: Path) -> None:
+def worker(cache_dir: str, out: Path, quick: bool = False) -> None:
     import torch
 
     from orchestrator.config import TaskConfig
@@ -67,7 +71,7 @@ def worker(cache_dir: str, out: Path) -> None:
 
     env = init_from_launcher()
     task = build_task(TaskConfig(name="synthetic", num_train_contexts=1, num_heldout_contexts=0))
-    sc = student_config()
+    sc = student_config(quick)
     path = resolve_model_path(sc.model, "student", task, cache_dir)
     student = load_sharded_student(sc, path, load_tokenizer(path, sc.model), task, torch.device("cpu"))
     at_rest = student.resident_parameter_bytes()
@@ -89,38 +93,41 @@ def worker(cache_dir: str, out: Path) -> None:
         out.write_text(json.dumps(rows))
 
 
-def launch(ranks: int, cache_dir: str, out: Path) -> list[dict]:
+def launch(ranks: int, cache_dir: str, out: Path, quick: bool = False) -> list[dict]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(ROOT))
     env.setdefault("DS_ACCELERATOR", "cpu")
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
-    cmd += [__file__, "--worker", "--cache-dir", cache_dir, "--out", str(out)]
+    cmd += [__file__, "--worker", "--cache-dir", cache_dir, "--out", str(out)] + (
+        ["--quick"] if quick else []
+    )
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"{ranks}-rank run failed:\n{proc.stderr[-3000:]}")
     return json.loads(out.read_text())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--cache-dir", default=str(ROOT / ".cache" / "teachedit"))
+    ap.add_argument("--quick", action="store_true", help="a ~5M student instead of ~30M")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.worker:
-        worker(args.cache_dir, args.out)
+        worker(args.cache_dir, args.out, args.quick)
         return
     from orchestrator.config import TaskConfig
     from orchestrator.models import resolve_model_path
     from orchestrator.tasks import build_task
 
     task = build_task(TaskConfig(name="synthetic", num_train_contexts=1, num_heldout_contexts=0))
-    resolve_model_path(student_config().model, "student", task, args.cache_dir)  # build once
+    resolve_model_path(student_config(args.quick).model, "student", task, args.cache_dir)  # build once
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.ranks:
-            rows += launch(n, args.cache_dir, Path(tmp) / f"{n}.json")
+            rows += launch(n, args.cache_dir, Path(tmp) / f"{n}.json", args.quick)
     mib = 2**20
     print(
         "| ranks | rank | student parameters | resident parameter MiB | share of whole | after a LoRA edit | peak RSS MiB |"

@@ -4,6 +4,8 @@ held-out reward per round (mean over held-out edits ± standard error over held-
 
     make real-models
     .venv/bin/python benchmarks/real_loop.py [--seeds 0 1] [--students smollm2] [--tag NAME] [key=value ...]
+    .venv/bin/python benchmarks/real_loop.py --quick   # SmolLM2 student, 1 update, 2 + 2 passages, short
+                                                       # edits (a few minutes; checks it runs; a test runs it)
 
 Writes benchmarks/results/real_loop.json (``--out`` to change) as
 ``{"config", "overrides", "runs": [{"seed", "wall_seconds", "run_dir", "rounds": [{"round",
@@ -29,15 +31,40 @@ ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("round", "mean_reward", "heldout_mean_reward", "heldout_sem", "kept", "teacher_loss", "per_student")
 
 
-def main() -> None:
+QUICK = [
+    "algorithm.rounds=1",
+    "task.num_train_contexts=2",
+    "task.num_heldout_contexts=2",
+    "task.max_questions=2",
+    "teacher.generation.num_edits=2",
+    "teacher.generation.max_new_tokens=32",
+    "teacher.train.epochs=1",
+    "students.0.adapt.epochs=1",
+    "students.0.adapt.max_sequences=2",
+    "students.0.adapt.max_length=128",
+]
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "real_cpu.yaml"))
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "real_loop.json"))
+    ap.add_argument(
+        "--out", help="default: results/real_loop.json (--quick: runs/benchmarks/real_loop_quick.json)"
+    )
+    ap.add_argument("--quick", action="store_true", help="SmolLM2 student only, 1 update, tiny settings")
     ap.add_argument("--tag", default="real", help="run directory names: runs/<tag>-seed<k>")
     ap.add_argument("--students", nargs="+", help="keep only these students of the config (default: all)")
     ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.students = args.students or ["smollm2"]
+        args.overrides = [*QUICK, *args.overrides]
+    args.out = args.out or str(
+        ROOT / "runs" / "benchmarks" / "real_loop_quick.json"
+        if args.quick
+        else ROOT / "benchmarks" / "results" / "real_loop.json"
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = {
         "config": str(Path(args.config).resolve().relative_to(ROOT)),

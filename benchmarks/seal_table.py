@@ -98,11 +98,11 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("eval_dirs", type=Path, nargs="+", help="one or more `teachedit eval` directories")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "seal_table.json"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     result: dict = {"eval_dirs": [], "students": {}}
     for d in args.eval_dirs:
         part = summarise(d)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -44,7 +45,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.config import load_config
     from orchestrator.distributed import init_from_launcher, launched
     from orchestrator.report import round_table
+    from orchestrator.rundir import INTERRUPTED
     from orchestrator.runner import Runner
+    from orchestrator.signals import Preempted
 
     env = init_from_launcher()  # under deepspeed/torchrun: before any model or TrainingArguments
     if args.resume:
@@ -68,7 +71,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"run directory: {runner.rundir.path}")
     if launched():
         print(f"ranks: {env.world_size}")
-    summary = runner.run()
+    try:
+        summary = runner.run()
+    except Preempted as exc:
+        marker = runner.rundir.path / INTERRUPTED
+        if marker.is_file():
+            info = json.loads(marker.read_text())
+            print(
+                f"teachedit: stopped by {exc.name}; {info['records']} record(s) and "
+                f"{info['rounds_completed']} round(s) are saved. Continue with: {info['resume']}",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"teachedit: stopped by {exc.name} before anything was recorded; {runner.rundir.path} was "
+                f"removed. Run the same command again to start over.",
+                file=sys.stderr,
+            )
+        return exc.exit_code
     print()
     print(round_table(summary))
     print()
@@ -81,7 +101,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from orchestrator.config import ConfigError, load_config
-    from orchestrator.protocols import EvalRequest, create_eval_dir, markdown_table, plan_eval, run_eval
+    from orchestrator.protocols import (
+        EvalRequest,
+        create_eval_dir,
+        discard_if_empty,
+        markdown_table,
+        plan_eval,
+        run_eval,
+    )
+    from orchestrator.signals import Preempted
 
     cfg = load_config(args.config, args.overrides)
     if args.students:
@@ -106,12 +134,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
         allow_trained_passages=args.allow_trained_passages,
     )
     _setup_logging(args.verbose)
+    _quiet_libraries()  # before the data files are read (datasets' progress bars)
     plan = plan_eval(cfg, req)  # bad input fails here, before a directory is created
     rd = create_eval_dir(cfg, req)
     _setup_logging(args.verbose, rd.path / "eval.log")
-    _quiet_libraries()
     print(f"eval directory: {rd.path}")
-    outcome = run_eval(cfg, req, rd, plan)
+    try:
+        outcome = run_eval(cfg, req, rd, plan)
+    except Preempted as exc:
+        if not discard_if_empty(rd):
+            print(
+                f"teachedit: stopped by {exc.name}; {rd.path} keeps what was scored so far (updates.jsonl). "
+                f"An evaluation has no --resume: run it again with another --name.",
+                file=sys.stderr,
+            )
+            return exc.exit_code
+        raise
+    except BaseException:
+        discard_if_empty(
+            rd
+        )  # a refusal after the directory was made (a model that cannot load) leaves nothing
+        raise
     print()
     print(markdown_table(outcome.rows))
     print()
@@ -261,7 +304,12 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("overrides", nargs="*", help="key=value overrides, e.g. run.output_dir=runs")
     ev.add_argument("--data", required=True, help="SEAL-format JSON: [{title, context, questions}]")
     ev.add_argument(
-        "--edits", nargs="+", metavar="PATH", help="SEAL-format edit files (records with 'completions')"
+        "--edits",
+        nargs="+",
+        action="extend",
+        metavar="PATH",
+        help="SEAL-format edit files (records with 'completions'); several files, or --edits given several "
+        "times: every file is a source",
     )
     ev.add_argument("--limit", type=int, default=0, help="evaluate the first N passages (0: all)")
     ev.add_argument("--protocol", default="single", choices=["single", "cpt", "continual"])
@@ -289,13 +337,18 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.distributed import RankError, current, shutdown
     from orchestrator.models import ModelLoadError
     from orchestrator.rundir import RunDirError
+    from orchestrator.signals import Preempted, graceful
 
     args = build_parser().parse_args(argv)
     if args.command == "run" and args.config and "=" in args.config and not args.resume:
         args.overrides = [args.config, *args.overrides]
         args.config = None
     try:
-        return args.fn(args)
+        with graceful():  # SIGTERM/SIGINT: a clean stop (orchestrator/signals.py)
+            return args.fn(args)
+    except Preempted as exc:
+        print(f"teachedit: stopped by {exc.name}", file=sys.stderr)
+        return exc.exit_code
     except (ConfigError, ModelLoadError, RunDirError, FileNotFoundError, ValueError, RankError) as exc:
         message = " ".join(str(exc).split())  # one line, even for multi-line YAML parser messages
         env = current()

@@ -71,6 +71,13 @@ class ModelConfig:
         default=False,
         metadata={"help": "Run model code shipped with a hub checkpoint. Off unless you trust it."},
     )
+    allow_pickle: bool = field(
+        default=False,
+        metadata={
+            "help": "Load pickle weights (pytorch_model.bin) when a checkpoint has no safetensors. Unpickling "
+            "a file can run code hidden in it: only for files you trust. Off: such checkpoints are refused."
+        },
+    )
 
 
 @dataclass
@@ -596,6 +603,10 @@ def validate(cfg: Config) -> None:
         "a non-empty name without '/' (and not '.' or '..')",
     )
     _check(cfg.run.device in ("auto", "cpu", "cuda"), "run.device", "use auto, cpu or cuda")
+    _check(
+        0 <= cfg.run.seed < 2**32, "run.seed", "must be in [0, 2**32 - 1] (the range numpy and torch seed)"
+    )
+    _check(0 <= cfg.task.seed < 2**32, "task.seed", "must be in [0, 2**32 - 1]")
     _check(
         cfg.task.name in TASKS, "task.name", f"unknown task '{cfg.task.name}'; choose from {sorted(TASKS)}"
     )

@@ -17,16 +17,21 @@ Points (where :func:`point` is called):
 
 Several faults may be given, comma-separated (``adapt:3,write:7``); the first one reached kills. With the
 variable unset, :func:`point` costs one dictionary lookup.
+
+``TEACHEDIT_PAUSE=POINT:SECONDS`` sleeps at every pass through POINT instead (a slow run, so a test can signal
+it, or start a second writer, while it is surely still working).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
 ENV = "TEACHEDIT_FAULT"
+PAUSE_ENV = "TEACHEDIT_PAUSE"
 POINTS = ("generate", "adapt", "score", "train", "checkpoint", "write")
 
 _counts: dict[str, int] = {}
@@ -67,6 +72,8 @@ def enabled() -> bool:
 def point(name: str, before_kill: Callable[[], Any] | None = None) -> None:
     """Count a pass through ``name``; at the configured pass run ``before_kill`` (e.g. write half a line)
     and SIGKILL this process: no cleanup, no ``finally``, no flushing, like a node that loses power."""
+    if PAUSE_ENV in os.environ:
+        _pause(name, os.environ[PAUSE_ENV])
     if ENV not in os.environ:
         return
     faults = _active()
@@ -77,6 +84,14 @@ def point(name: str, before_kill: Callable[[], Any] | None = None) -> None:
         if before_kill is not None:
             before_kill()
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _pause(name: str, spec: str) -> None:
+    where, _, seconds = spec.partition(":")
+    if where not in POINTS:
+        raise FaultSpecError(f"{PAUSE_ENV}={spec!r}: POINT:SECONDS with POINT in {', '.join(POINTS)}")
+    if where == name:
+        time.sleep(float(seconds))
 
 
 def trainer_callbacks() -> list[Any]:

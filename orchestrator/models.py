@@ -63,7 +63,11 @@ def load_causal_lm(path: str, mc: ModelConfig, device: torch.device) -> Any:
 
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, revision=mc.revision, dtype=DTYPES[mc.dtype], trust_remote_code=mc.trust_remote_code
+            path,
+            revision=mc.revision,
+            dtype=DTYPES[mc.dtype],
+            trust_remote_code=mc.trust_remote_code,
+            use_safetensors=None if mc.allow_pickle else True,  # pickle weights only when a config opts in
         )
     except Exception as exc:
         raise ModelLoadError(_load_hint("model", path, exc)) from None

@@ -64,6 +64,7 @@ def check_model_source(mc: ModelConfig, where: str) -> None:
                 f"{where}.path: {path} is not a model folder (no config.json). Point it at a folder written "
                 f"by save_pretrained, or use a hub id."
             )
+        check_weights_format(mc, path, where)
         return
     if mc.path.startswith((".", "/", "~")) or mc.path.count("/") > 1:
         raise ConfigError(
@@ -73,6 +74,22 @@ def check_model_source(mc: ModelConfig, where: str) -> None:
         raise ConfigError(
             f"{where}.path: '{mc.path}' is not a local folder and the hub is offline (HF_HUB_OFFLINE=1) with "
             f"no cached copy. Use a local folder or a model.tiny spec, or go online once to cache it."
+        )
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def check_weights_format(mc: ModelConfig, path: Path, where: str) -> None:
+    """Checkpoints are safetensors: a folder with only pickle weights is refused unless the config opts in."""
+    if any(path.glob("*.safetensors")) or mc.allow_pickle:
+        return
+    pickled = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickled:
+        raise ConfigError(
+            f"{where}.path: {path} holds only pickle weights ({', '.join(pickled[:3])}); loading them can run "
+            f"code hidden in the file. Convert it once to safetensors (from_pretrained(..., use_safetensors="
+            f"False) then save_pretrained(folder)), or set {where}.allow_pickle=true if you trust the file."
         )
 
 

@@ -8,6 +8,8 @@ Layout under ``runs/<name>/``::
     teacher/round_<k>/     teacher after k updates (safetensors)
     summary.json           the run's summary (rewritten atomically after each round)
     reward_curve.png       mean and held-out reward per round
+    .lock                  while a process writes the run: its pid, host and command (one writer per run)
+    interrupted.json       after a SIGTERM/SIGINT: the signal, the records kept, the command that resumes it
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ import errno
 import json
 import logging
 import os
+import shlex
 import shutil
+import socket
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from orchestrator import faults
+from orchestrator import faults, signals
 from orchestrator.records import EditResult
 
 log = logging.getLogger(__name__)
@@ -46,6 +52,13 @@ class RunDir:
                 raise RunDirError(
                     f"run directory {path} already exists. Resume it with `teachedit run --resume {path}`, "
                     f"choose another run.name, or set run.overwrite=true to replace it."
+                )
+            holder = _read_lock(path / LOCK)
+            if holder is not None and not _stale(holder):
+                raise RunDirError(
+                    f"run.overwrite=true would delete {path} while process {holder.get('pid')} on "
+                    f"{holder.get('host')} writes it ({holder.get('command')}). Stop it first, or choose another "
+                    f"run.name."
                 )
             if not _is_run_dir(path):
                 # overwrite deletes a folder: only ever one that a run wrote, never a user's own folder.
@@ -74,7 +87,7 @@ class RunDir:
             return
         target = self.path / name
         tmp = target.with_name(target.name + ".tmp")
-        with _disk_errors(self.path, target):
+        with signals.deferred(), _disk_errors(self.path, target):
             with open(tmp, "w") as f:
                 f.write(text)
                 f.flush()
@@ -90,13 +103,59 @@ class RunDir:
             return
         line = (json.dumps(obj) + "\n").encode()
         path = self.path / name
-        with _disk_errors(self.path, path), open(path, "ab+") as f:
+        with signals.deferred(), _disk_errors(self.path, path), open(path, "ab+") as f:
             _drop_torn_tail(f)
             faults.point("write", before_kill=lambda: _write_synced(f, line[: len(line) // 2]))
             _write_synced(f, line)
 
     def append_edit(self, round_index: int, result: EditResult) -> None:
         self.append_jsonl(f"edits/round_{round_index}.jsonl", result.to_dict())
+
+    # -- one writer ----------------------------------------------------------------------------------------
+    @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK
+
+    def acquire_lock(self) -> None:
+        """Take the run's lock (``.lock``: pid, host, start time, command) or refuse, naming the process that
+        holds it. A lock left by a process that no longer runs on this host is stale and taken over."""
+        if not self.writer:
+            return
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now(), "command": _command()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_lock(self.lock_path)
+                if holder is None and _age(self.lock_path) < 10:
+                    holder = {"pid": "?", "host": "?", "since": "just now", "command": "?"}  # being written
+                if holder is not None and not _stale(holder):
+                    raise RunDirError(
+                        f"{self.path} is being written by process {holder.get('pid')} on "
+                        f"{holder.get('host')} (since {holder.get('since')}: {holder.get('command')}). Two "
+                        f"writers would duplicate records: wait for it to finish or stop it; if that process is "
+                        f"gone (another host), delete {self.lock_path}."
+                    ) from None
+                log.warning("taking over a stale lock of %s: %s", self.path, holder)
+                self.lock_path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(me) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            return
+        raise RunDirError(f"cannot take the lock {self.lock_path}: another process keeps taking it")
+
+    def release_lock(self) -> None:
+        if not self.writer:
+            return
+        holder = _read_lock(self.lock_path)
+        if (
+            holder is not None
+            and holder.get("pid") == os.getpid()
+            and holder.get("host") == socket.gethostname()
+        ):
+            self.lock_path.unlink(missing_ok=True)
 
     # -- reading ---------------------------------------------------------------------------------------------
     def read_jsonl(self, name: str) -> list[dict[str, Any]]:
@@ -133,6 +192,51 @@ class RunDir:
             removed.append(p)
             log.info("removed a partial write left by an interrupted run: %s", p)
         return removed
+
+
+LOCK = ".lock"
+INTERRUPTED = "interrupted.json"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _command() -> str:
+    return " ".join(shlex.quote(a) for a in sys.argv)
+
+
+def _read_lock(path: Path) -> dict[str, Any] | None:
+    """The lock's holder; None when the file is unreadable (a writer killed between create and write)."""
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return float("inf")
+
+
+def _stale(holder: dict[str, Any]) -> bool:
+    """The holder runs on this host and its process is gone. Another host's process cannot be checked: never
+    stale (the message says how to remove the lock by hand)."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
 
 
 def _is_run_dir(path: Path) -> bool:

@@ -6,6 +6,8 @@ import dataclasses
 import json
 import logging
 import random
+import shlex
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,8 @@ from orchestrator.distributed import is_main, launched, on_rank0, prebuild_tiny_
 from orchestrator.models import load_causal_lm, load_tokenizer, resolve_device, resolve_model_path
 from orchestrator.preflight import preflight
 from orchestrator.records import json_safe
-from orchestrator.rundir import RunDir, RunDirError
+from orchestrator.rundir import INTERRUPTED, RunDir, RunDirError
+from orchestrator.signals import Preempted
 from orchestrator.tasks import build_task
 
 log = logging.getLogger(__name__)
@@ -65,11 +68,21 @@ def build_pool(cfg: Config, task: Any, device: torch.device) -> Any:
 class Runner:
     """Owns one run directory. ``run()`` executes the remaining rounds and returns the summary."""
 
-    def __init__(self, cfg: Config, rundir: RunDir, progress: bool | None = None, task: Any = None):
+    def __init__(
+        self,
+        cfg: Config,
+        rundir: RunDir,
+        progress: bool | None = None,
+        task: Any = None,
+        created: bool = False,
+    ):
         self.cfg = cfg
         self.rundir = rundir
         self.progress = cfg.run.progress if progress is None else progress
         self.task = task  # built by preflight, or at the start of run()
+        # This process created the directory: if the run stops before it records anything (a model that
+        # cannot load, a signal while loading), the directory is removed, so a refusal leaves nothing behind.
+        self.created = created
 
     @classmethod
     def new(cls, cfg: Config) -> Runner:
@@ -81,7 +94,7 @@ class Runner:
             return rundir.path
 
         # Under a launcher rank 0 creates the directory (its error, if any, stops every rank); only it writes.
-        return cls(cfg, RunDir(on_rank0(create), writer=is_main()), task=task)
+        return cls(cfg, RunDir(on_rank0(create), writer=is_main()), task=task, created=True)
 
     @classmethod
     def resume(cls, path: str | Path, overrides: list[str] | None = None) -> Runner:
@@ -94,14 +107,67 @@ class Runner:
 
         cfg = on_rank0(read)
         task = preflight(cfg)
-        rundir = RunDir(path, writer=is_main())
-        on_rank0(rundir.remove_partial_writes)  # *.tmp files and checkpoint folders of the killed run
-        return cls(cfg, rundir, task=task)
+        return cls(cfg, RunDir(path, writer=is_main()), task=task)
 
     def completed_rounds(self) -> list[dict[str, Any]]:
         return self.rundir.read_jsonl("metrics.jsonl")
 
     def run(self) -> dict[str, Any]:
+        """Execute the remaining rounds, holding the run directory's lock throughout. SIGTERM/SIGINT (inside
+        :func:`orchestrator.signals.graceful`, as the CLI runs it) abandon the record in flight, write
+        ``interrupted.json`` with the command that resumes the run, and raise :class:`Preempted`."""
+        on_rank0(self.rundir.acquire_lock)  # a second writer is refused before it touches anything
+        try:
+            on_rank0(self.rundir.remove_partial_writes)  # *.tmp files and checkpoint folders of a killed run
+            on_rank0(lambda: (self.rundir.path / INTERRUPTED).unlink(missing_ok=True))
+            return self._run()
+        except Preempted as exc:
+            self._abandon(exc)
+            raise
+        except BaseException:
+            self._remove_if_empty()
+            raise
+        finally:
+            if is_main():
+                self.rundir.release_lock()
+
+    def records_written(self) -> int:
+        files = self.rundir.path.glob("edits/*.jsonl")
+        return sum(len(self.rundir.read_jsonl(f"edits/{p.name}")) for p in files)
+
+    def _produced_nothing(self) -> bool:
+        """Only the config and the empty skeleton: no proposals, records, metrics or checkpoints."""
+        p = self.rundir.path
+        produced = [*p.glob("edits/*"), *p.glob("teacher/*"), *p.glob("metrics.jsonl")]
+        return not produced
+
+    def _remove_if_empty(self) -> bool:
+        """A new run that stopped before producing anything leaves no directory (so the same command, fixed,
+        runs again without --resume or run.overwrite)."""
+        if not (self.created and is_main() and self.rundir.path.is_dir() and self._produced_nothing()):
+            return False
+        shutil.rmtree(self.rundir.path, ignore_errors=True)
+        log.info("removed %s: the run stopped before producing anything", self.rundir.path)
+        return True
+
+    def _abandon(self, exc: Preempted) -> None:
+        if not is_main() or self._remove_if_empty():
+            return
+        records = self.records_written()
+        command = f"teachedit run --resume {shlex.quote(str(self.rundir.path))}"
+        self.rundir.write_json(
+            INTERRUPTED,
+            {
+                "signal": exc.name,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "rounds_completed": len(self.completed_rounds()),
+                "records": records,
+                "resume": command,
+            },
+        )
+        log.warning("stopped by %s after %d record(s); continue with: %s", exc.name, records, command)
+
+    def _run(self) -> dict[str, Any]:
         cfg = self.cfg
         started = time.time()
         seed_everything(cfg.run.seed)

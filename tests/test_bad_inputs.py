@@ -193,6 +193,149 @@ def gguf_truncated(env: Env) -> None:
     no_run_dir(env)
 
 
+def _model_copy(env: Env, weights: str) -> Path:
+    """A copy of the smoke config's tiny llama-t student folder with its weights as ``weights``:
+    ``safetensors-junk`` (a file that is not safetensors) or ``pickle`` (pytorch_model.bin only)."""
+    import shutil
+
+    from orchestrator.config import load_config
+    from orchestrator.models import resolve_model_path
+
+    cfg = load_config(SMOKE, [f"run.cache_dir={CACHE}"])
+    src = Path(resolve_model_path(cfg.students[0].model, "student", env.task, CACHE))
+    dst = env.tmp / f"model-{weights}"
+    shutil.copytree(src, dst)
+    if weights == "safetensors-junk":
+        (dst / "model.safetensors").write_bytes(b"\x00" * 64)
+    else:
+        from safetensors.torch import load_file
+
+        torch.save(load_file(src / "model.safetensors"), dst / "pytorch_model.bin")
+        (dst / "model.safetensors").unlink()
+    return dst
+
+
+def model_weights_unloadable(env: Env) -> None:
+    """The folder passes preflight (config.json, safetensors) but its weights cannot load: the run stops
+    with one actionable error and removes the directory it had created, so the same command, fixed, runs
+    again without --resume or run.overwrite. The same for ``teachedit eval``."""
+    bad = _model_copy(env, "safetensors-junk")
+    rc, err = env.smoke(f"students.0.model.path={bad}")
+    last = err.strip().splitlines()[-1]
+    assert rc == 2 and "Traceback" not in err, err
+    assert last.startswith("teachedit: error: cannot load model") and str(bad) in last, last
+    no_run_dir(env)
+    data = ROOT / "orchestrator" / "data" / "squad" / "passages.json"
+    eval_dir = env.tmp / "runs" / "ev"
+    env.capsys.readouterr()
+    rc = main(["eval", SMOKE, f"run.output_dir={env.tmp / 'runs'}", f"run.cache_dir={CACHE}",
+               f"students.0.model.path={bad}", "task.name=squad", "--data", str(data), "--limit", "1",
+               "--sources", "base", "--students", "llama-t", "--name", "ev"])  # fmt: skip
+    err = env.capsys.readouterr().err
+    assert rc == 2 and err.strip().splitlines()[-1].startswith("teachedit: error: cannot load model"), err
+    assert not eval_dir.exists(), "the eval directory was removed"
+
+
+def model_pickle_only(env: Env) -> None:
+    """Checkpoints are safetensors: pickle-only weights are refused before a run directory exists, and load
+    when the config opts in (``allow_pickle``, whose help says what it risks)."""
+    folder = _model_copy(env, "pickle")
+    refused(
+        *env.smoke(f"students.0.model.path={folder}"),
+        "only pickle weights",
+        "students[0].model.allow_pickle=true",
+    )
+    no_run_dir(env)
+    from orchestrator.models import load_causal_lm
+
+    with pytest.raises(ModelLoadError):  # the loader itself never falls back to pickle
+        load_causal_lm(str(folder), ModelConfig(path=str(folder)), torch.device("cpu"))
+    model = load_causal_lm(str(folder), ModelConfig(path=str(folder), allow_pickle=True), torch.device("cpu"))
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def seed_out_of_range(env: Env) -> None:
+    refused(*env.smoke("run.seed=-5"), "run.seed", "[0, 2**32 - 1]")
+    no_run_dir(env)
+
+
+def _eval(env: Env, *args: str) -> tuple[int, str]:
+    env.capsys.readouterr()
+    data = ROOT / "orchestrator" / "data" / "squad" / "passages.json"
+    rc = main(["eval", SMOKE, f"run.output_dir={env.tmp / 'runs'}", f"run.cache_dir={CACHE}", "task.name=squad",
+               "--data", str(data), "--limit", "1", "--sources", "edits", *args])  # fmt: skip
+    return rc, env.capsys.readouterr().err
+
+
+EDITS_DIR = ROOT / "orchestrator" / "data" / "squad"
+
+
+def edits_file_twice(env: Env) -> None:
+    qwen = str(EDITS_DIR / "edits_qwen2.5-7b.json")
+    refused(*_eval(env, "--edits", qwen, "--edits", qwen), "given more than once")
+    assert not (env.tmp / "runs").exists()
+
+
+def edits_flag_repeated(env: Env) -> None:
+    """``--edits A --edits B`` (argparse's default would keep only B): every file is a source."""
+    from orchestrator.cli import build_parser
+    from orchestrator.config import load_config
+    from orchestrator.protocols import EvalRequest, plan_eval
+
+    a, b = str(EDITS_DIR / "edits_qwen2.5-7b.json"), str(EDITS_DIR / "edits_gpt4_1.json")
+    args = build_parser().parse_args(["eval", SMOKE, "--data", "d.json", "--edits", a, "--edits", b])
+    assert args.edits == [a, b]
+    train = (
+        EDITS_DIR / "edits_qwen2.5-7b_train.json"
+    )  # tiny students pretrain on passages disjoint from --data
+    cfg = load_config(SMOKE, [f"run.cache_dir={CACHE}", "task.name=squad", f"task.path={train}"])
+    req = EvalRequest(data=str(EDITS_DIR / "passages.json"), edits=args.edits, limit=1, sources=["edits"])
+    plan = plan_eval(cfg, req)
+    assert [s.name for s in plan.file_sources] == ["edits_qwen2.5-7b", "edits_gpt4_1"]
+
+
+def edits_no_matching_passage(env: Env) -> None:
+    other = env.tmp / "edits_other.json"
+    other.write_text(
+        json.dumps(
+            [{"title": "T", "context": "A passage nobody has.", "questions": [], "completions": ["x"]}]
+        )
+    )
+    refused(*_eval(env, "--edits", str(other)), "no record matches a passage")
+
+
+def run_dir_locked(env: Env) -> None:
+    """A second writer is refused with the first one's pid and command; a lock whose process is gone (on
+    this host) is stale and taken over. (tests/test_resume.py runs two real processes on one directory.)"""
+    import socket
+
+    from orchestrator.rundir import LOCK, RunDir, RunDirError
+
+    run = _existing_run(env)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        holder = {
+            "pid": sleeper.pid,
+            "host": socket.gethostname(),
+            "since": "now",
+            "command": "teachedit run x",
+        }
+        (run / LOCK).write_text(json.dumps(holder))
+        refused(*env.cli("--resume", str(run)), f"process {sleeper.pid}", "teachedit run x")
+        refused(*env.smoke("run.overwrite=true"), f"while process {sleeper.pid}")
+        assert (run / "edits" / "round_0.jsonl").exists(), "overwrite deleted nothing"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    rd = RunDir(run)
+    rd.acquire_lock()  # the holder is gone: stale, taken over
+    assert json.loads((run / LOCK).read_text())["pid"] == os.getpid()
+    with pytest.raises(RunDirError, match=f"process {os.getpid()}"):
+        RunDir(run).acquire_lock()  # held, even by this very process
+    rd.release_lock()
+    assert not (run / LOCK).exists()
+
+
 def prompt_format_unknown(env: Env) -> None:
     refused(*env.smoke("teacher.prompt_format=haiku"), "teacher.prompt_format", "choose from")
 
@@ -437,6 +580,13 @@ CASES = [
         gguf_package_missing,
         gguf_not_a_gguf_file,
         gguf_truncated,
+        model_weights_unloadable,
+        model_pickle_only,
+        seed_out_of_range,
+        edits_file_twice,
+        edits_flag_repeated,
+        edits_no_matching_passage,
+        run_dir_locked,
         prompt_format_unknown,
         run_name_escapes,
         run_dir_exists,
@@ -470,7 +620,7 @@ def test_every_case_is_in_the_docs_table():
 
     bad, kills = DOCS.read_text().split("## Killed runs")
     row = re.compile(r"^\| `([a-z0-9-]+)` \|", re.M)
-    assert set(row.findall(bad)) == {c.id for c in CASES} | {"disk-full"}
+    assert set(row.findall(bad)) == {c.id for c in CASES} | {"disk-full", "sigterm", "second-writer"}
     assert set(row.findall(kills)) == set(POINTS)
 
 

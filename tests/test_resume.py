@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -199,6 +200,56 @@ def test_single_kill_then_resume(reference, tmp_path, fault):
     assert_killed(start(tmp_path, "one", fault), fault)
     assert_finished(resume(tmp_path / "one"))
     assert_same_records(tmp_path / "one", reference)
+
+
+# -- preemption: SIGTERM / SIGINT, and one writer per run directory ---------------------------------------------
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+def test_signal_stops_cleanly_and_resume_gives_the_uninterrupted_records(reference, tmp_path, signum):
+    """How clusters preempt (SIGTERM, then SIGKILL after a grace period) and Ctrl-C: a real run is signalled
+    mid-round; it exits within seconds with 128 + signal, leaves ``interrupted.json`` naming the command that
+    resumes it and no lock; every record on disk is complete. While it ran, a second writer on the same
+    directory was refused naming it. ``--resume`` then ends with exactly the uninterrupted run's records."""
+    run = tmp_path / "preempted"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop(faults.ENV, None)
+    env[faults.PAUSE_ENV] = "adapt:0.2"  # slow enough that it surely still runs when signalled
+    args = [str(CONFIGS / "smoke.yaml"), *TINY, f"run.output_dir={tmp_path}", "run.name=preempted"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "run", *args],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 240
+        while _lines(run / "edits" / "round_0.jsonl") < 2 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the run ended before it was signalled: {proc.stderr.read()[-2000:]}"
+        second = resume(run)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert f"being written by process {proc.pid}" in second.stderr.strip().splitlines()[-1]
+        sent = time.time()
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+        took = time.time() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signum, err[-3000:]
+    assert took < 30, f"stopping took {took:.1f} s"
+    assert "Traceback" not in err
+    marker = json.loads((run / "interrupted.json").read_text())
+    assert marker["signal"] == signal.Signals(signum).name
+    assert marker["resume"] == f"teachedit run --resume {run}"
+    assert f"Continue with: teachedit run --resume {run}" in err.strip().splitlines()[-1]
+    assert not (run / ".lock").exists(), "the lock was released"
+    assert marker["records"] == len(edit_records(run, 0)) >= 2  # complete lines only, none duplicated
+    assert_finished(resume(run))
+    assert not (run / "interrupted.json").exists(), "resume clears the marker"
+    assert_same_records(run, reference)
 
 
 # -- determinism ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from orchestrator.protocols.evaluate import (
     EvalPlan,
     EvalRequest,
     create_eval_dir,
+    discard_if_empty,
     plan_eval,
     run_eval,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "Source",
     "UpdateResult",
     "create_eval_dir",
+    "discard_if_empty",
     "load_eval_data",
     "markdown_table",
     "plan_eval",

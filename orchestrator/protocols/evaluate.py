@@ -75,6 +75,10 @@ class EvalRequest:
         bad = [s for s in self.sources if s not in SOURCE_KINDS]
         if bad or not self.sources:
             raise ConfigError(f"--sources {bad or '(empty)'}: choose from {','.join(SOURCE_KINDS)}")
+        resolved = [str(Path(e).expanduser().resolve()) for e in self.edits]
+        repeated = sorted({e for e in self.edits if resolved.count(str(Path(e).expanduser().resolve())) > 1})
+        if repeated:
+            raise ConfigError(f"--edits: {repeated} given more than once; pass each edits file once")
         if self.edits and "edits" not in self.sources:
             raise ConfigError("--edits files given but 'edits' is not in --sources; add it or drop --edits")
         for flag in ("limit", "n", "k"):
@@ -109,6 +113,21 @@ def create_eval_dir(cfg: Config, req: EvalRequest) -> RunDir:
     except OSError as exc:
         raise RunDirError(f"cannot create {path}: {exc.strerror or exc}") from None
     return RunDir(path)
+
+
+EVAL_SKELETON = {"config.yaml", "request.json", "eval.log"}
+
+
+def discard_if_empty(rd: RunDir) -> bool:
+    """Remove an eval directory that holds nothing but its config, request and log (an evaluation that
+    stopped before scoring anything: a model that cannot load, a signal), so a refusal leaves no trace."""
+    if not rd.path.is_dir() or any(p.name not in EVAL_SKELETON for p in rd.path.iterdir()):
+        return False
+    import shutil
+
+    shutil.rmtree(rd.path, ignore_errors=True)
+    log.info("removed %s: the evaluation stopped before scoring anything", rd.path)
+    return True
 
 
 @dataclass

@@ -1,0 +1,106 @@
+"""Every benchmark script runs: its quick mode end to end, checking what it writes and prints (a README command
+that breaks must fail here, not on a user's machine). ``inner_loop.py --quick`` is in tests/test_batched.py.
+Speed itself is never asserted: the figures are the scripts' output, quoted in benchmarks/README.md."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from .conftest import CACHE, CONFIGS, ROOT
+
+
+def script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def finite(x: object) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
+
+
+def test_seal_table_summarises_an_eval_directory(tmp_path, capsys):
+    """A real (tiny) `teachedit eval` with base, passage and an edits file, then seal_table.py on it: paired
+    gains equal the differences of the per-source means over the same passages."""
+    from orchestrator.cli import main
+
+    data = ROOT / "orchestrator" / "data" / "squad"
+    rc = main([
+        "eval", str(CONFIGS / "smoke.yaml"), f"run.output_dir={tmp_path}", f"run.cache_dir={CACHE}",
+        "run.progress=false", "task.name=squad", f"task.path={data / 'edits_qwen2.5-7b_train.json'}",
+        "students.0.adapt.epochs=1", "--students", "llama-t", "--data", str(data / "passages.json"),
+        "--limit", "3", "--k", "1", "--sources", "base,passage,edits", "--name", "ev",
+        "--edits", str(data / "edits_gpt4_1.json"),
+    ])  # fmt: skip
+    assert rc == 0
+    out = tmp_path / "seal_table.json"
+    script("seal_table").main([str(tmp_path / "ev"), "--out", str(out)])
+    rows = {r["source"]: r for r in json.loads(out.read_text())["students"]["llama-t"]}
+    assert set(rows) == {"base", "passage", "edits_gpt4_1"}
+    assert all(r["passages"] == 3 for r in rows.values())
+    assert rows["passage"]["updates"] == 3 and rows["base"]["updates"] == 0
+    for m in ("em", "f1", "logprob"):
+        gain = rows["edits_gpt4_1"][f"{m}_vs_base"]
+        assert gain == pytest.approx(rows["edits_gpt4_1"][m] - rows["base"][m], abs=1e-9)
+    assert rows["passage"]["logprob"] != rows["base"]["logprob"], "the update changed the student"
+    assert "| edits_gpt4_1 |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_demo_seeds_quick(tmp_path, capsys):
+    out = tmp_path / "demo.json"
+    script("demo_seeds").main(
+        ["--quick", "--out", str(out), f"run.output_dir={tmp_path}", f"run.cache_dir={CACHE}"]
+    )
+    result = json.loads(out.read_text())
+    rounds = result["0"]["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1]
+    assert all(finite(r["heldout_mean_reward"]) and finite(r["heldout_sem"]) for r in rounds)
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("| 0 | ")
+
+
+@pytest.mark.slow
+def test_ds_memory_quick(capsys):
+    """Two real gloo ranks: a ZeRO-3 student's resident parameters at 2 ranks are about half those at 1."""
+    script("ds_memory").main(["--quick", "--cache-dir", str(CACHE)])
+    rows = [
+        ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| 1 |") or ln.startswith("| 2 |")
+    ]
+    shares = {(int(c[0]), int(c[1])): float(c[4]) for c in (ln.strip("|").split("|") for ln in rows)}
+    assert shares[(1, 0)] == pytest.approx(1.0, abs=0.01)
+    assert 0.4 < shares[(2, 0)] < 0.6 and 0.4 < shares[(2, 1)] < 0.6
+
+
+@pytest.mark.slow
+def test_real_loop_quick(tmp_path, capsys):
+    """ReST-EM on the real SmolLM2 (teacher and student): one update, held-out reward for both rounds."""
+    out = tmp_path / "real_loop.json"
+    script("real_loop").main(["--quick", "--out", str(out), f"run.output_dir={tmp_path}"])
+    run = json.loads(out.read_text())["runs"][0]
+    assert [r["round"] for r in run["rounds"]] == [0, 1]
+    assert all(finite(r["heldout_mean_reward"]) for r in run["rounds"])
+    assert run["rounds"][0]["teacher_loss"] is not None, "the teacher was updated"
+    assert Path(run["run_dir"], "teacher", "round_1", "model.safetensors").is_file()
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("| 0 | ")
+
+
+@pytest.mark.slow
+def test_inner_loop_real_quick(tmp_path, capsys):
+    """`inner_loop.py --real --quick` on SmolLM2 alone, E = 1 and 2: the speedup line comes last."""
+    out = tmp_path / "inner_loop_real.json"
+    script("inner_loop").main(
+        ["--real", "--quick", "--real-students", "smollm2", "--edit-sizes", "1", "2", "--out", str(out)]
+    )
+    result = json.loads(out.read_text())
+    row = result["students"]["smollm2"]["E"]["2"]
+    assert row["teachedit_edits_per_s"] > 0 and row["seal_style_edits_per_s"] > 0
+    assert result["teacher"]["edits_per_s"] > 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("real_speedup_cpu@")
