@@ -81,3 +81,26 @@ def test_one_edit_adapted_scored_restored_batched_and_sequential(smol):
     assert batched.train_loss == pytest.approx(one.train_loss, abs=1e-4)
     assert one.adapted.logprob != base.logprob  # the update really changed the student's answers
     assert smol.score(ctx) == base  # and scoring the restored student gives the baseline again
+
+
+def test_two_edits_batched_equal_one_at_a_time(smol):
+    """E = 2 edits of different lengths on two passages in one batched inner loop (length-grouped steps,
+    LM head at labelled positions only) give each edit's one-at-a-time result within 1e-4."""
+    ctxs = smol.task.train_contexts()[:2]
+    edits = [
+        f"{ctxs[0].title}: {ctxs[0].questions[0].question} {ctxs[0].questions[0].answer}.",
+        f"{ctxs[1].title} facts.\n{ctxs[1].text[:200]}\n{ctxs[1].questions[0].answer} is the answer.",
+    ]
+    seeds = [3, 4]
+    for c in ctxs:
+        smol.baseline(c)
+    before = _state(smol.model)
+    batched = smol.evaluate_edits(edits, ctxs, seeds)
+    assert all(torch.equal(before[k], v) for k, v in _state(smol.model).items())
+    ones = [smol.evaluate_once(e, c, seed=s) for e, c, s in zip(edits, ctxs, seeds)]
+    for b, one in zip(batched, ones):
+        assert b.error is None and one.error is None
+        assert b.train_loss == pytest.approx(one.train_loss, abs=1e-4)
+        assert b.adapted.logprob == pytest.approx(one.adapted.logprob, abs=1e-4)
+        assert b.adapted.f1 == pytest.approx(one.adapted.f1, abs=1e-6)
+    assert batched[0].train_loss != batched[1].train_loss  # two different updates, not one shared
