@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from orchestrator.config import load_config
+from orchestrator.provenance import provenance
 from orchestrator.runner import Runner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    Path(args.out).write_text(json.dumps({**results, "provenance": provenance()}, indent=2) + "\n")
     n_rounds = max(len(v["rounds"]) for v in results.values())
     print("\n| seed | " + " | ".join(f"round {i} held-out" for i in range(n_rounds)) + " | last − first |")
     print("|---|" + "---|" * (n_rounds + 1))

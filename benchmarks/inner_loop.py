@@ -89,6 +89,7 @@ from orchestrator.models import (  # noqa: E402
     tiny_model,
     train_tokenizer,
 )
+from orchestrator.provenance import provenance  # noqa: E402
 from orchestrator.records import Context  # noqa: E402
 from orchestrator.tasks.squad import SquadTask, bundled_path, load_seal_json  # noqa: E402
 from orchestrator.tasks.synthetic import SyntheticTask  # noqa: E402
@@ -462,7 +463,7 @@ def finish(results: dict[str, Any], out: str) -> None:
     for key, kind in (("matmul_flops_per_s", "wall"), ("matmul_flops_per_cpu_s", "cpu")):
         results[key] = max(results["matmul_at_start"][kind], results["matmul_at_end"][kind])
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(results, indent=2) + "\n")
+    Path(out).write_text(json.dumps({**results, "provenance": provenance()}, indent=2) + "\n")
 
 
 def run_tiny(args: argparse.Namespace) -> None:

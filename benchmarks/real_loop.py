@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from orchestrator.config import load_config
+from orchestrator.provenance import provenance
 from orchestrator.runner import Runner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
             }
         )
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+        Path(args.out).write_text(json.dumps({**out, "provenance": provenance()}, indent=2) + "\n")
         cells = ", ".join(
             f"r{r['round']} {r['heldout_mean_reward']:+.3f}±{r['heldout_sem']:.3f}" for r in rounds
         )

@@ -20,6 +20,8 @@ import json
 import math
 from pathlib import Path
 
+from orchestrator.provenance import provenance
+
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("em", "f1", "logprob")
 SEAL = {"base": 32.7, "passage": 33.5, "edits_qwen2.5-7b": 39.7, "edits_gpt4_1": 46.3}
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         result["eval_dirs"].append(part["eval_dir"])
         result["students"].update(part["students"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    Path(args.out).write_text(json.dumps({**result, "provenance": provenance()}, indent=2) + "\n")
     print(markdown(result))
 
 

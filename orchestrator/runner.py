@@ -20,6 +20,7 @@ from orchestrator.config import Config, load_config, to_yaml
 from orchestrator.distributed import is_main, launched, on_rank0, prebuild_tiny_models
 from orchestrator.models import load_causal_lm, load_tokenizer, resolve_device, resolve_model_path
 from orchestrator.preflight import preflight
+from orchestrator.provenance import provenance, yaml_header
 from orchestrator.records import json_safe
 from orchestrator.rundir import INTERRUPTED, RunDir, RunDirError
 from orchestrator.signals import Preempted
@@ -90,7 +91,7 @@ class Runner:
 
         def create() -> Path:
             rundir = RunDir.create(Path(cfg.run.output_dir) / cfg.run.name, overwrite=cfg.run.overwrite)
-            rundir.write_text("config.yaml", to_yaml(cfg))
+            rundir.write_text("config.yaml", yaml_header() + to_yaml(cfg))
             return rundir.path
 
         # Under a launcher rank 0 creates the directory (its error, if any, stops every rank); only it writes.
@@ -226,6 +227,7 @@ class Runner:
             "students": pool.describe(),
             "rounds": rounds,
             "wall_seconds": wall,
+            "provenance": provenance(),  # of the process that wrote this summary last
         }
         self.rundir.write_json("summary.json", summary)
         if not self.rundir.writer:

@@ -323,3 +323,19 @@ def test_fault_kills_at_the_nth_pass_and_not_before():
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert proc.stdout.split() == ["0", "1", "2", "dying"]
+
+
+def test_run_records_its_provenance(reference):
+    """summary.json and config.yaml say what produced the run: versions, git commit, command line."""
+    import subprocess as sp
+
+    from orchestrator.config import load_config
+
+    prov = json.loads((reference / "summary.json").read_text())["provenance"]
+    for pkg in ("torch", "transformers", "trl", "peft", "deepspeed", "datasets"):
+        assert prov["versions"][pkg], pkg
+    head = sp.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert prov["git"]["commit"] == head
+    text = (reference / "config.yaml").read_text()
+    assert text.startswith("# command: ") and f"# git: {head}" in text
+    assert load_config(reference / "config.yaml").run.name == "ref"  # the header keeps it a loadable config

@@ -283,6 +283,7 @@ def grade(cfg: Config, task: Any, results: list[UpdateResult], device: torch.dev
 
 def run_eval(cfg: Config, req: EvalRequest, rd: RunDir, plan: EvalPlan | None = None) -> EvalOutcome:
     """Evaluate every student on ``req.data`` for every requested source under ``req.protocol``."""
+    from orchestrator.provenance import provenance, yaml_header
     from orchestrator.runner import seed_everything
 
     started = time.time()
@@ -290,8 +291,8 @@ def run_eval(cfg: Config, req: EvalRequest, rd: RunDir, plan: EvalPlan | None = 
     task, contexts = plan.task, plan.contexts
     seed_everything(cfg.run.seed)
     device = resolve_device(cfg.run.device)
-    rd.write_text("config.yaml", to_yaml(cfg))
-    rd.write_json("request.json", dataclasses.asdict(req))
+    rd.write_text("config.yaml", yaml_header() + to_yaml(cfg))
+    rd.write_json("request.json", {**dataclasses.asdict(req), "provenance": provenance()})
     n_q = sum(len(c.questions) for c in contexts)
     log.info("%s protocol on %d passages (%d questions) of %s", req.protocol, len(contexts), n_q, req.data)
     sources = [Source(s, s) for s in ("base", "passage") if s in req.sources]
