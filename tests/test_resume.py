@@ -334,7 +334,9 @@ def test_run_records_its_provenance(reference):
     prov = json.loads((reference / "summary.json").read_text())["provenance"]
     for pkg in ("torch", "transformers", "trl", "peft", "deepspeed", "datasets"):
         assert prov["versions"][pkg], pkg
-    head = sp.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    head = sp.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     assert prov["git"]["commit"] == head
     text = (reference / "config.yaml").read_text()
     assert text.startswith("# command: ") and f"# git: {head}" in text
