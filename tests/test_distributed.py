@@ -420,3 +420,55 @@ def test_grpo_under_two_ranks_scores_every_ranks_completions(tmp_path, smoke_cfg
     initial = load_file(tiny_dir(smoke_cfg.teacher.model.tiny, task, CACHE) / "model.safetensors")
     assert all(saved[k].shape == initial[k].shape for k in initial)
     assert any(not torch.equal(saved[k], initial[k]) for k in saved), "GRPO updated the teacher"
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_rank_run_stops_on_sigterm_and_resumes(tmp_path):
+    """Preemption under torchrun: SIGTERM to the launcher reaches both ranks; rank 0 abandons the record in
+    flight and writes interrupted.json, the launcher exits non-zero within its grace period, no lock is left,
+    and a 2-rank --resume completes the run with no record lost or repeated."""
+    import signal
+    import time
+
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    run = tmp_path / "r"
+    args = [
+        "-m",
+        "orchestrator",
+        "run",
+        str(CONFIGS / "smoke.yaml"),
+        f"run.output_dir={tmp_path}",
+        "run.name=r",
+    ]
+    env = {**_env(), "TEACHEDIT_PAUSE": "adapt:0.2"}
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(launcher + args + RUN_OVERRIDES, cwd=ROOT, env=env, stdout=log, stderr=log)
+        try:
+            deadline = time.time() + LAUNCH_TIMEOUT
+            edits = run / "edits" / "round_0.jsonl"
+            while proc.poll() is None and time.time() < deadline:
+                if edits.exists() and len(edits.read_text().splitlines()) >= 1:
+                    break
+                time.sleep(0.1)
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            sent = time.time()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+            took = time.time() - sent
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode != 0
+    assert took < 60, f"stopping took {took:.0f} s"
+    marker = json.loads((run / "interrupted.json").read_text())
+    assert marker["signal"] == "SIGTERM" and marker["resume"] == f"teachedit run --resume {run}"
+    assert not (run / ".lock").exists()
+    kept = _records(run / "edits/round_0.jsonl")
+    _run(launcher + ["-m", "orchestrator", "run", "--resume", str(run)], tmp_path / "resume.log")
+    done = _records(run / "edits/round_0.jsonl")
+    keys = [(r["edit"]["context_id"], r["edit"]["sample_index"], r["heldout"]) for r in done]
+    assert len(keys) == len(set(keys)) == 4, "every edit of round 0 once (3 train + 1 held-out)"
+    assert done[: len(kept)] == kept, "records written before the signal are kept as they were"
+    assert (run / "metrics.jsonl").read_text().count("\n") == 2
+    assert not (run / "interrupted.json").exists()
