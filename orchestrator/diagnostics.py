@@ -7,7 +7,7 @@ from typing import Any
 
 from orchestrator.algorithms.base import mean_sem
 from orchestrator.records import Edit, EditResult
-from orchestrator.rewards import assign_rewards
+from orchestrator.rewards import assign_configured_rewards
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def style_values(cfg: Any, task: Any, pool: Any, progress: bool = False) -> dict
             es, by_id, cfg.run.seed, progress=progress, desc=f"style {style}"
         )
         for r in results:
-            assign_rewards(r, cfg.reward.name, cfg.reward.score, cfg.reward.aggregate, weights)
+            assign_configured_rewards(r, cfg.reward, weights)  # combo weights and penalty, as in a run
         row: dict[str, Any] = {"reward": mean_sem([r.reward for r in results])}
         for name in pool.names:
             row[name] = sum(r.per_student[name].reward for r in results) / len(results)

@@ -128,3 +128,35 @@ def test_combo_config_loads():
         ["reward.name=combo", "reward.weights.accuracy_gain=1.0", "reward.weights.logprob_gain=0.1"],
     )
     assert cfg.reward.weights == {"accuracy_gain": 1.0, "logprob_gain": 0.1}
+
+
+def test_style_values_use_the_configured_combo_reward(smoke_cfg, task, make_student):
+    """`teachedit styles` with reward.name=combo: every style's reward is the combo of its students' gains
+    (it used to call the reward without the combo's weights and fail)."""
+    import copy
+
+    from orchestrator.diagnostics import style_values
+    from orchestrator.rewards import REWARDS
+    from student.pool import StudentPool
+
+    cfg = copy.deepcopy(smoke_cfg)
+    cfg.reward.name, cfg.reward.weights = "combo", {"accuracy_gain": 1.0, "logprob_gain": 0.5}
+    pool = StudentPool([make_student("llama-t", epochs=1)])
+    captured = []
+    real_evaluate = pool.evaluate
+
+    def evaluate(*a, **k):
+        results = real_evaluate(*a, **k)
+        captured.extend(results)
+        return results
+
+    pool.evaluate = evaluate
+    values = style_values(cfg, task, pool)
+    assert set(values) >= {"qa", "passage"}
+    for r in captured:
+        o = r.per_student["llama-t"]
+        want = REWARDS["accuracy_gain"](o.baseline, o.adapted, cfg.reward.score) + 0.5 * REWARDS[
+            "logprob_gain"
+        ](o.baseline, o.adapted, cfg.reward.score)
+        assert o.reward == pytest.approx(want)
+    assert any(r.per_student["llama-t"].reward != 0 for r in captured)
