@@ -40,7 +40,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_tokenizer(path: str, mc: ModelConfig) -> Any:
+def load_tokenizer(path: str, mc: ModelConfig, where: str | None = None) -> Any:
+    """The tokenizer of ``path`` (left padding; EOS pads when there is no pad token). ``where`` names the
+    config field in errors (``students[0].model``)."""
     from transformers import AutoTokenizer
 
     try:
@@ -48,7 +50,7 @@ def load_tokenizer(path: str, mc: ModelConfig) -> Any:
             path, revision=mc.revision, trust_remote_code=mc.trust_remote_code, padding_side="left"
         )
     except Exception as exc:
-        raise ModelLoadError(_load_hint("tokenizer", path, exc)) from None
+        raise ModelLoadError(_load_hint("tokenizer", path, exc, where)) from None
     if tok.pad_token_id is None:
         if tok.eos_token_id is None:
             raise ModelLoadError(f"tokenizer of {path} has neither a pad nor an eos token; add a pad token")
@@ -58,7 +60,9 @@ def load_tokenizer(path: str, mc: ModelConfig) -> Any:
     return tok
 
 
-def load_causal_lm(path: str, mc: ModelConfig, device: torch.device) -> Any:
+def load_causal_lm(path: str, mc: ModelConfig, device: torch.device, where: str | None = None) -> Any:
+    """The model of ``path`` in ``mc.dtype`` on ``device``, from safetensors unless ``mc.allow_pickle``.
+    ``where`` names the config field in errors (``students[0].model``)."""
     from transformers import AutoModelForCausalLM
 
     try:
@@ -70,20 +74,24 @@ def load_causal_lm(path: str, mc: ModelConfig, device: torch.device) -> Any:
             use_safetensors=None if mc.allow_pickle else True,  # pickle weights only when a config opts in
         )
     except Exception as exc:
-        raise ModelLoadError(_load_hint("model", path, exc)) from None
+        raise ModelLoadError(_load_hint("model", path, exc, where)) from None
     return model.to(device)
 
 
-def _load_hint(what: str, path: str, exc: Exception) -> str:
+def _load_hint(what: str, path: str, exc: Exception, where: str | None = None) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    field = f"{where}: " if where else ""
     if not Path(path).exists() and (
         os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
     ):
         return (
-            f"cannot load {what} '{path}': not a local folder and the hub is offline (HF_HUB_OFFLINE). "
+            f"{field}cannot load {what} '{path}': not a local folder and the hub is offline (HF_HUB_OFFLINE). "
             f"Use a local path, a model.tiny spec, or go online. ({first})"
         )
-    return f"cannot load {what} '{path}': {first}. Check the hub id or folder (it needs config.json and weights)."
+    return (
+        f"{field}cannot load {what} '{path}': {first}. Check the hub id or folder (it needs config.json and "
+        f"weights), or point {where or 'model'}.path elsewhere."
+    )
 
 
 def resolve_model_path(mc: ModelConfig, role: str, task: Any, cache_dir: str | Path) -> str:

@@ -39,8 +39,8 @@ def build_teacher(cfg: Config, task: Any, device: torch.device) -> tuple[Any, st
     from teacher.model import Teacher
 
     path = resolve_model_path(cfg.teacher.model, "teacher", task, cfg.run.cache_dir)
-    tok = load_tokenizer(path, cfg.teacher.model)
-    model = load_causal_lm(path, cfg.teacher.model, device)
+    tok = load_tokenizer(path, cfg.teacher.model, "teacher.model")
+    model = load_causal_lm(path, cfg.teacher.model, device, "teacher.model")
     return Teacher(cfg.teacher, model, tok), path
 
 
@@ -58,11 +58,11 @@ def build_pool(cfg: Config, task: Any, device: torch.device) -> Any:
     if sharded:
         log.info("one process: %s run unsharded (sharding applies under the deepspeed launcher)", sharded)
     students = []
-    for sc in cfg.students:
+    for i, sc in enumerate(cfg.students):
         path = resolve_model_path(sc.model, "student", task, cfg.run.cache_dir)
-        students.append(
-            Student(sc, load_causal_lm(path, sc.model, device), load_tokenizer(path, sc.model), task)
-        )
+        where = f"students[{i}].model"
+        model, tok = load_causal_lm(path, sc.model, device, where), load_tokenizer(path, sc.model, where)
+        students.append(Student(sc, model, tok, task))
     return StudentPool(students)
 
 

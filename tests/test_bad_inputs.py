@@ -223,7 +223,9 @@ def model_weights_unloadable(env: Env) -> None:
     rc, err = env.smoke(f"students.0.model.path={bad}")
     last = err.strip().splitlines()[-1]
     assert rc == 2 and "Traceback" not in err, err
-    assert last.startswith("teachedit: error: cannot load model") and str(bad) in last, last
+    assert last.startswith("teachedit: error: students[0].model: cannot load model") and str(bad) in last, (
+        last
+    )
     no_run_dir(env)
     data = ROOT / "orchestrator" / "data" / "squad" / "passages.json"
     eval_dir = env.tmp / "runs" / "ev"
@@ -232,7 +234,9 @@ def model_weights_unloadable(env: Env) -> None:
                f"students.0.model.path={bad}", "task.name=squad", "--data", str(data), "--limit", "1",
                "--sources", "base", "--students", "llama-t", "--name", "ev"])  # fmt: skip
     err = env.capsys.readouterr().err
-    assert rc == 2 and err.strip().splitlines()[-1].startswith("teachedit: error: cannot load model"), err
+    assert rc == 2 and err.strip().splitlines()[-1].startswith(
+        "teachedit: error: students[0].model: cannot"
+    ), err
     assert not eval_dir.exists(), "the eval directory was removed"
 
 

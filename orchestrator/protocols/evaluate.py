@@ -249,7 +249,10 @@ def load_student(cfg: Config, index: int, task: Any, device: torch.device) -> An
 
     sc = cfg.students[index]
     path = resolve_model_path(sc.model, "student", task, cfg.run.cache_dir)
-    return Student(sc, load_causal_lm(path, sc.model, device), load_tokenizer(path, sc.model), task)
+    where = f"students[{index}].model"
+    return Student(
+        sc, load_causal_lm(path, sc.model, device, where), load_tokenizer(path, sc.model, where), task
+    )
 
 
 def load_judge(cfg: Config, task: Any, device: torch.device) -> Any:
