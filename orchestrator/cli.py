@@ -125,6 +125,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         data=args.data,
         edits=list(args.edits or []),
         limit=args.limit,
+        skip=args.skip,
         protocol=args.protocol,
         n=args.n,
         k=args.k,
@@ -312,6 +313,9 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
         "times: every file is a source",
     )
     ev.add_argument("--limit", type=int, default=0, help="evaluate the first N passages (0: all)")
+    ev.add_argument(
+        "--skip", type=int, default=0, help="leave out the first N passages (then --limit counts from there)"
+    )
     ev.add_argument("--protocol", default="single", choices=["single", "cpt", "continual"])
     ev.add_argument("--n", type=int, default=0, help="cpt: passages per update; continual: steps (0: all)")
     ev.add_argument("--k", type=int, default=0, help="edits used per passage (0: all; continual: 1)")

@@ -15,7 +15,7 @@ from orchestrator.config import JudgeConfig, load_config, to_yaml
 from orchestrator.protocols.common import Answer, BaseAnswers, Settings, UpdateResult, update_items
 from orchestrator.protocols.continual import forgetting_matrix, run_continual
 from orchestrator.protocols.cpt import run_cpt
-from orchestrator.protocols.data import Source, load_eval_data
+from orchestrator.protocols.data import DataFormatError, Source, load_eval_data
 from orchestrator.protocols.table import summarize
 from student.judge import Judge, judge_accuracy
 
@@ -282,6 +282,10 @@ def test_sources_match_passages_by_text_and_limit(tmp_path):
     assert sources[0].texts(contexts[0], k=2) == first[:2]
     assert Source("passage", "passage").texts(contexts[0]) == [contexts[0].text]
     assert Source("base", "base").texts(contexts[0]) == []
+    later, _ = load_eval_data(PASSAGES, [edits], limit=1, skip=2)  # passages another table did not use
+    assert [c.id for c in later] == ["squad-00002"]
+    with pytest.raises(DataFormatError, match="--skip 3"):
+        load_eval_data(PASSAGES, [edits], skip=3)
 
 
 def test_update_items_skip_unusable_texts_with_a_note(make_student, task):

@@ -76,9 +76,10 @@ def source_name(path: Path, taken: set[str]) -> str:
 
 
 def load_eval_data(
-    data: str | Path, edit_files: list[str] | list[Path], limit: int = 0
+    data: str | Path, edit_files: list[str] | list[Path], limit: int = 0, skip: int = 0
 ) -> tuple[list[Context], list[Source]]:
-    """Passages of ``data`` that every edits file covers (first ``limit`` of them), and one source per file."""
+    """Passages of ``data`` that every edits file covers (``limit`` of them after the first ``skip``), and
+    one source per file."""
     contexts = load_passages(data)
     by_file = []
     for p in edit_files:
@@ -100,6 +101,10 @@ def load_eval_data(
         )
     if not covered:
         raise DataFormatError(f"no passage of {data} is covered by every --edits file; pass matching files")
+    if skip > 0:
+        if skip >= len(covered):
+            raise DataFormatError(f"--skip {skip}: only {len(covered)} passages of {data} to evaluate")
+        covered = covered[skip:]
     if limit > 0:
         covered = covered[:limit]
     sources, taken = [], set()

@@ -61,6 +61,7 @@ class EvalRequest:
     data: str
     edits: list[str] = field(default_factory=list)
     limit: int = 0  # passages evaluated (0: all covered by every edits file)
+    skip: int = 0  # passages left out before the first evaluated one (e.g. those another table reports)
     protocol: str = "single"
     n: int = 0  # cpt: passages per update; continual: steps (0: all)
     k: int = 0  # edits per passage (0: all; continual: 1)
@@ -81,7 +82,7 @@ class EvalRequest:
             raise ConfigError(f"--edits: {repeated} given more than once; pass each edits file once")
         if self.edits and "edits" not in self.sources:
             raise ConfigError("--edits files given but 'edits' is not in --sources; add it or drop --edits")
-        for flag in ("limit", "n", "k"):
+        for flag in ("limit", "skip", "n", "k"):
             if getattr(self, flag) < 0:
                 raise ConfigError(f"--{flag} must be >= 0 (0 means all)")
         if self.metric not in ("em", "f1", "gold_logprob"):
@@ -152,7 +153,9 @@ def plan_eval(cfg: Config, req: EvalRequest) -> EvalPlan:
             "(the task sets the QA prompt and the corpus tiny models are built on), e.g. configs/squad_tiny.yaml"
         )
     task = build_checked_task(cfg)
-    contexts, file_sources = load_eval_data(req.data, req.edits if "edits" in req.sources else [], req.limit)
+    contexts, file_sources = load_eval_data(
+        req.data, req.edits if "edits" in req.sources else [], req.limit, req.skip
+    )
     check_disjoint(cfg, task, contexts)
     if "teacher" in req.sources and not req.allow_trained_passages:
         check_teacher_unseen(cfg, contexts)
