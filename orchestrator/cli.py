@@ -249,8 +249,42 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+DESCRIPTION = """\
+teachedit trains a teacher language model to write the fine-tuning data ("edits") that other models (a pool
+of students) learn best from: the teacher writes edits for a passage, each student is fine-tuned on each edit
+and quizzed on the passage without seeing it, and the students' gains are the teacher's reward (SEAL's loop,
+with the teacher and the students separated)."""
+
+EPILOG = """\
+examples:
+  teachedit run configs/default.yaml                  the embedded demo (tiny local models, a few minutes)
+  teachedit run configs/real_cpu.yaml                 real SmolLM2 / Gemma-3 models (make real-models)
+  teachedit run --resume runs/default                 continue an interrupted run
+  teachedit eval configs/real_cpu.yaml --data orchestrator/data/squad/passages.json --limit 40 --k 1
+  teachedit config show teacher.generation            every setting with its default and help
+
+Each command takes a YAML config and key=value overrides (students.0.adapt.learning_rate=1e-4).
+`teachedit COMMAND --help` describes a command; docs/bad-inputs.md lists every error and fault."""
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from orchestrator.config import describe_fields
+
+    rows = describe_fields(args.section)
+    width = max(len(r[0]) for r in rows)
+    for key, type_name, default, help_text in rows:
+        print(f"{key:<{width}}  {type_name} = {default}")
+        print(f"{'':<{width}}  {help_text}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="teachedit", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="teachedit",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     # The deepspeed launcher passes --local_rank=N; the rank is read from the environment (LOCAL_RANK).
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -334,6 +368,12 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
         "run trained it on (refused by default: such a score measures memorisation, not held-out skill)",
     )
     ev.set_defaults(fn=cmd_eval)
+
+    conf = sub.add_parser("config", help="show every config setting with its type, default and help")
+    conf_sub = conf.add_subparsers(dest="action", required=True)
+    show = conf_sub.add_parser("show", help="print the settings (all, or those under SECTION)")
+    show.add_argument("section", nargs="?", help="e.g. teacher, teacher.generation, students, reward")
+    show.set_defaults(fn=cmd_config)
 
 
 def main(argv: list[str] | None = None) -> int:

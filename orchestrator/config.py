@@ -733,3 +733,58 @@ def _check_grpo(cfg: Config) -> None:
 def to_yaml(cfg: Config) -> str:
     """The resolved config as YAML (saved as ``config.yaml`` in the run directory)."""
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def describe_fields(section: str | None = None) -> list[tuple[str, str, str, str]]:
+    """Every config field as ``(dotted key, type, default, help)``, for ``teachedit config show``. ``section``
+    (``teacher``, ``teacher.generation``, ``students``...) keeps the fields under it; ``students`` entries are
+    shown as ``students.<i>``. Raises :class:`ConfigError` for an unknown section."""
+    import dataclasses
+    import typing
+
+    rows: list[tuple[str, str, str, str]] = []
+
+    def walk(cls: Any, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            key = f"{prefix}{f.name}"
+            hint = hints[f.name]
+            inner = _dataclass_in(hint)
+            if f.name == "students":
+                walk(StudentConfig, f"{key}.<i>.")
+                continue
+            if inner is not None:
+                walk(inner, f"{key}.")
+                continue
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                default = f.default_factory()  # type: ignore[misc]
+            else:
+                default = "(required)"
+            type_name = str(hint).replace("typing.", "") if not isinstance(hint, type) else hint.__name__
+            shown = "(required)" if default == "???" else repr(default)
+            rows.append((key, type_name, shown, f.metadata.get("help", "")))
+
+    walk(Config, "")
+    if section is None:
+        return rows
+    sec = section.rstrip(".")
+    kept = [r for r in rows if r[0] == sec or r[0].startswith(sec + ".")]
+    if not kept:
+        sections = sorted({r[0].split(".")[0] for r in rows})
+        raise ConfigError(f"config show: no section '{section}'; choose from {', '.join(sections)}")
+    return kept
+
+
+def _dataclass_in(hint: Any) -> Any:
+    """The dataclass a field holds (also inside ``X | None``), or None."""
+    import dataclasses
+    import typing
+
+    if dataclasses.is_dataclass(hint):
+        return hint
+    for arg in typing.get_args(hint):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None

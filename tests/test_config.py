@@ -83,3 +83,21 @@ def test_trust_remote_code_is_off_by_default():
     cfg = load_config(CONFIGS / "default.yaml")
     assert cfg.teacher.model.trust_remote_code is False
     assert all(s.model.trust_remote_code is False for s in cfg.students)
+
+
+def test_config_show_lists_every_field_with_its_default_and_help(capsys):
+    from orchestrator.cli import main
+    from orchestrator.config import Config, describe_fields
+
+    rows = describe_fields()
+    assert all(help_text for *_, help_text in rows), "every field has a help string"
+    keys = {r[0] for r in rows}
+    assert {"run.seed", "teacher.generation.num_edits", "students.<i>.adapt.learning_rate"} <= keys
+    assert dict((r[0], r[2]) for r in rows)["teacher.generation.num_edits"] == repr(
+        Config().teacher.generation.num_edits
+    )
+    assert main(["config", "show", "reward"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("reward.") and "run.seed" not in out
+    assert main(["config", "show", "rewrd"]) == 2
+    assert "no section 'rewrd'" in capsys.readouterr().err
