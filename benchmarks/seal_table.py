@@ -52,6 +52,28 @@ def passage_means(records: list[dict]) -> dict[str, dict[str, dict[str, float]]]
     return out
 
 
+def paired(eval_dir: Path, a: str, b: str) -> dict:
+    """Per student: source ``a`` minus source ``b`` per passage (mean ± standard error over the passages both
+    finished), for every metric. E.g. a trained teacher's edits against the untrained teacher's."""
+    records = [json.loads(line) for line in (eval_dir / "updates.jsonl").read_text().splitlines() if line]
+    out = {}
+    for student in dict.fromkeys(r["student"] for r in records):
+        means = passage_means([r for r in records if r["student"] == student])
+        missing = [s for s in (a, b) if s not in means]
+        if missing:
+            raise SystemExit(
+                f"--pair: {eval_dir} has no source {missing} for {student}; it has {sorted(means)}"
+            )
+        common = sorted(set(means[a]) & set(means[b]))
+        row: dict = {"a": a, "b": b, "passages": len(common)}
+        for m in METRICS:
+            d = [means[a][c][m] - means[b][c][m] for c in common]
+            row[m], row[f"{m}_se"] = mean_se(d)
+            row[f"{m}_wins"] = sum(x > 0 for x in d)
+        out[student] = row
+    return out
+
+
 def summarise(eval_dir: Path) -> dict:
     records = [json.loads(line) for line in (eval_dir / "updates.jsonl").read_text().splitlines() if line]
     students = list(dict.fromkeys(r["student"] for r in records))
@@ -104,15 +126,29 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("eval_dirs", type=Path, nargs="+", help="one or more `teachedit eval` directories")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "seal_table.json"))
+    ap.add_argument(
+        "--pair",
+        nargs=2,
+        metavar=("A", "B"),
+        help="also report source A minus source B per passage (paired), e.g. teacher edits_untrained",
+    )
     args = ap.parse_args(argv)
     result: dict = {"eval_dirs": [], "students": {}}
     for d in args.eval_dirs:
         part = summarise(d)
         result["eval_dirs"].append(part["eval_dir"])
         result["students"].update(part["students"])
+        if args.pair:
+            result.setdefault("pairs", {}).update(paired(d, *args.pair))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({**result, "provenance": provenance()}, indent=2) + "\n")
     print(markdown(result))
+    for student, r in result.get("pairs", {}).items():
+        print(
+            f"\n{student}: {r['a']} − {r['b']} over {r['passages']} passages: log-prob {r['logprob']:+.3f} ± "
+            f"{r['logprob_se']:.3f} (higher on {r['logprob_wins']}), F1 {r['f1']:+.3f} ± {r['f1_se']:.3f}, "
+            f"EM {r['em']:+.3f} ± {r['em_se']:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -51,6 +51,12 @@ def test_seal_table_summarises_an_eval_directory(tmp_path, capsys):
         assert gain == pytest.approx(rows["edits_gpt4_1"][m] - rows["base"][m], abs=1e-9)
     assert rows["passage"]["logprob"] != rows["base"]["logprob"], "the update changed the student"
     assert "| edits_gpt4_1 |" in capsys.readouterr().out
+    script("seal_table").main([str(tmp_path / "ev"), "--out", str(out), "--pair", "edits_gpt4_1", "passage"])
+    pair = json.loads(out.read_text())["pairs"]["llama-t"]
+    assert pair["passages"] == 3
+    want = rows["edits_gpt4_1"]["logprob_vs_passage"]
+    assert pair["logprob"] == pytest.approx(want, abs=1e-9)
+    assert "edits_gpt4_1 − passage over 3 passages" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -104,3 +110,30 @@ def test_inner_loop_real_quick(tmp_path, capsys):
     assert result["teacher"]["edits_per_s"] > 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("real_speedup_cpu@")
+
+
+def test_teacher_edits_writes_a_seal_file_eval_can_score(tmp_path):
+    data = ROOT / "orchestrator" / "data" / "squad"
+    common = [
+        str(CONFIGS / "smoke.yaml"),
+        "--data",
+        str(data / "passages.json"),
+        "--skip",
+        "1",
+        "--limit",
+        "2",
+    ]
+    over = [f"run.cache_dir={CACHE}", "task.name=squad", f"task.path={data / 'edits_qwen2.5-7b_train.json'}"]
+    a, b = tmp_path / "a" / "edits.json", tmp_path / "b" / "edits.json"
+    for out in (a, b):
+        script("teacher_edits").main([*common, "--k", "2", "--out", str(out), *over])
+    records = json.loads(a.read_text())
+    passages = json.loads((data / "passages.json").read_text())
+    assert [r["context"] for r in records] == [p["context"] for p in passages[1:3]]
+    assert all(len(r["completions"]) == 2 for r in records)
+    assert a.read_text() == b.read_text(), "same seed, same edits"
+    assert json.loads(a.with_suffix(".meta.json").read_text())["k"] == 2
+    from orchestrator.protocols.data import load_eval_data
+
+    contexts, [source] = load_eval_data(data / "passages.json", [a])
+    assert len(contexts) == 2 and source.name == "edits"
