@@ -66,7 +66,19 @@ class ModelConfig:
         },
     )
     revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit)."})
-    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16"})
+    dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "float32 | bfloat16 | float16 | auto (the checkpoint's own dtype, from its config)"
+        },
+    )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={
+            "help": "Attention kernel passed to from_pretrained: eager | sdpa | flash_attention_2 | "
+            "flex_attention; null: transformers' default for the model"
+        },
+    )
     trust_remote_code: bool = field(
         default=False,
         metadata={"help": "Run model code shipped with a hub checkpoint. Off unless you trust it."},
@@ -556,7 +568,14 @@ def _check_model(m: ModelConfig, where: str) -> None:
     )
     _check(len(sources) <= 1, where, "set only one of model.path and model.gguf")
     _check(
-        m.dtype in ("float32", "bfloat16", "float16"), f"{where}.dtype", "use float32, bfloat16 or float16"
+        m.dtype in ("float32", "bfloat16", "float16", "auto"),
+        f"{where}.dtype",
+        "use float32, bfloat16, float16 or auto",
+    )
+    _check(
+        m.attn_implementation in (None, "eager", "sdpa", "flash_attention_2", "flex_attention"),
+        f"{where}.attn_implementation",
+        "use eager, sdpa, flash_attention_2 or flex_attention (or null for transformers' default)",
     )
     if m.tiny is not None and not sources:
         t = m.tiny

@@ -25,7 +25,12 @@ log = logging.getLogger(__name__)
 
 BUILDER_VERSION = 3  # bump when the builder's output changes, so caches are rebuilt
 SPECIAL = {"pad": "<|pad|>", "eos": "<|endoftext|>"}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES: dict[str, Any] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "auto": "auto",  # the checkpoint's own dtype (config.json's dtype / torch_dtype)
+}
 
 
 class ModelLoadError(RuntimeError):
@@ -72,6 +77,7 @@ def load_causal_lm(path: str, mc: ModelConfig, device: torch.device, where: str 
             dtype=DTYPES[mc.dtype],
             trust_remote_code=mc.trust_remote_code,
             use_safetensors=None if mc.allow_pickle else True,  # pickle weights only when a config opts in
+            **({"attn_implementation": mc.attn_implementation} if mc.attn_implementation else {}),
         )
     except Exception as exc:
         raise ModelLoadError(_load_hint("model", path, exc, where)) from None

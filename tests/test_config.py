@@ -101,3 +101,25 @@ def test_config_show_lists_every_field_with_its_default_and_help(capsys):
     assert out.startswith("reward.") and "run.seed" not in out
     assert main(["config", "show", "rewrd"]) == 2
     assert "no section 'rewrd'" in capsys.readouterr().err
+
+
+def test_model_dtype_auto_and_attn_implementation_reach_from_pretrained(tmp_path, student_paths):
+    """dtype: auto loads the checkpoint's own dtype; attn_implementation is passed through; bad values are
+    refused naming the field."""
+    import torch
+
+    from orchestrator.config import ConfigError, ModelConfig, load_config
+    from orchestrator.models import load_causal_lm
+
+    path = student_paths["llama-t"]
+    model = load_causal_lm(
+        path, ModelConfig(path=path, dtype="auto", attn_implementation="eager"), torch.device("cpu")
+    )
+    assert next(model.parameters()).dtype == torch.float32  # the tiny build is saved in float32
+    assert model.config._attn_implementation == "eager"
+    half = load_causal_lm(
+        path, ModelConfig(path=path, dtype="bfloat16", attn_implementation="sdpa"), torch.device("cpu")
+    )
+    assert next(half.parameters()).dtype == torch.bfloat16 and half.config._attn_implementation == "sdpa"
+    with pytest.raises(ConfigError, match=r"students\[0\].model.attn_implementation"):
+        load_config(CONFIGS / "smoke.yaml", ["students.0.model.attn_implementation=fast"])
