@@ -189,6 +189,13 @@ class TeacherTrainConfig:
     lora_alpha: int = field(default=128, metadata={"help": "LoRA alpha when method=lora."})
     max_length: int = field(default=512, metadata={"help": "Longest (prompt + edit) sequence in tokens."})
     deepspeed: str | None = field(default=None, metadata={"help": "DeepSpeed JSON for TRL training."})
+    trainer_args: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Any other field of TRL's SFTConfig for the teacher update (e.g. {warmup_steps: 10, "
+            "weight_decay: 0.01, gradient_checkpointing: true}); validated by TRL"
+        },
+    )
 
 
 @dataclass
@@ -348,6 +355,12 @@ class GRPOSettings:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Trade compute for memory on large teachers."}
     )
+    trainer_args: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Any other field of TRL's GRPOConfig (e.g. {logging_steps: 5, max_grad_norm: 0.5})."
+        },
+    )
 
 
 @dataclass
@@ -412,6 +425,12 @@ class DistillConfig:
     )
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of on-policy steps."})
     max_new_tokens: int = field(default=64, metadata={"help": "Longest on-policy completion in tokens."})
+    trainer_args: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Any other field of TRL's GKDConfig for the distillation row (e.g. {warmup_steps: 5})."
+        },
+    )
 
 
 @dataclass

@@ -23,7 +23,22 @@ def preflight(cfg: Config) -> Any:
     check_model_source(cfg.teacher.model, "teacher.model")
     for i, s in enumerate(cfg.students):
         check_model_source(s.model, f"students[{i}].model")
+    check_trainer_args(cfg)
     return task
+
+
+def check_trainer_args(cfg: Config) -> None:
+    """``trainer_args`` name fields of the TRL config they feed (checked here, before a run directory)."""
+    from orchestrator import trl_args
+
+    if cfg.teacher.train.trainer_args:
+        from trl import SFTConfig
+
+        trl_args.check(SFTConfig, cfg.teacher.train.trainer_args, "teacher.train.trainer_args")
+    if cfg.algorithm.grpo.trainer_args:
+        from trl import GRPOConfig
+
+        trl_args.check(GRPOConfig, cfg.algorithm.grpo.trainer_args, "algorithm.grpo.trainer_args")
 
 
 def check_task(cfg: Config) -> Any:

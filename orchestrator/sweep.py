@@ -83,6 +83,11 @@ def check_sweep(cfg: Config) -> None:
         _check_source("sweep.distill.teacher", DISTILL, s.distill.teacher, teacher_only=True)
         if not 0 <= s.distill.beta <= 1 or not 0 <= s.distill.lmbda <= 1:
             raise ConfigError("sweep.distill.beta and sweep.distill.lmbda must be in [0, 1]")
+        if s.distill.trainer_args:
+            from orchestrator import trl_args
+            from student.distill import gkd_config_class
+
+            trl_args.check(gkd_config_class(), s.distill.trainer_args, "sweep.distill.trainer_args")
     unknown = [n for n in s.students if n not in names]
     if unknown:
         raise ConfigError(f"sweep.students: {unknown} are not in students ({names})")

@@ -66,6 +66,17 @@ def build_rows(
     return rows
 
 
+def gkd_config_class() -> type:
+    """TRL's ``GKDConfig`` (an experimental module: its warning is silenced)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*trl.experimental.*")
+        from trl.experimental.gkd import GKDConfig
+
+    return GKDConfig
+
+
 def gkd_args(adapt: Any, dcfg: DistillConfig, seed: int, on_cpu: bool, workdir: str) -> Any:
     """GKDConfig mirroring the student's inner loop: constant learning rate, no weight decay, its epochs,
     batch size, length and gradient clipping."""
@@ -75,7 +86,9 @@ def gkd_args(adapt: Any, dcfg: DistillConfig, seed: int, on_cpu: bool, workdir: 
         warnings.filterwarnings("ignore", message=".*trl.experimental.*")
         from trl.experimental.gkd import GKDConfig
 
-    return GKDConfig(
+    from orchestrator import trl_args
+
+    defaults = dict(
         output_dir=workdir,
         learning_rate=adapt.learning_rate,
         per_device_train_batch_size=adapt.batch_size,
@@ -101,6 +114,7 @@ def gkd_args(adapt: Any, dcfg: DistillConfig, seed: int, on_cpu: bool, workdir: 
         max_new_tokens=dcfg.max_new_tokens,
         remove_unused_columns=False,
     )
+    return trl_args.build(GKDConfig, defaults, dcfg.trainer_args, "sweep.distill.trainer_args")
 
 
 def _train(

@@ -129,6 +129,7 @@ class Teacher:
             deepspeed=t.deepspeed,
             progress=progress,
             callbacks=faults.trainer_callbacks(),
+            trainer_args=t.trainer_args,
         )
         return loss
 

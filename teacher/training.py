@@ -38,6 +38,7 @@ def sft_train(
     output_dir: str | None = None,
     progress: bool = False,
     callbacks: list[Any] | None = None,
+    trainer_args: dict[str, Any] | None = None,
 ) -> tuple[Any, float]:
     """Train ``model`` on ``records`` (``{"prompt", "completion"}``: loss on completions only; ``{"text"}``:
     loss on all tokens; or pre-tokenized ``{"input_ids", "completion_mask"}``: loss where the mask is 1). Returns ``(model, mean training loss)``; with ``method="lora"`` the adapter is merged
@@ -56,7 +57,9 @@ def sft_train(
     device = next(model.parameters()).device
     on_cpu = device.type == "cpu"
     workdir = output_dir or tempfile.mkdtemp(prefix="teachedit-sft-")
-    args = SFTConfig(
+    from orchestrator import trl_args
+
+    defaults = dict(
         output_dir=workdir,
         learning_rate=learning_rate,
         per_device_train_batch_size=batch_size,
@@ -79,6 +82,7 @@ def sft_train(
         remove_unused_columns=True,
         completion_only_loss=True if "completion_mask" in records[0] else None,
     )
+    args = trl_args.build(SFTConfig, defaults, trainer_args, "teacher.train.trainer_args")
     peft_config = None
     if method == "lora":
         from peft import LoraConfig

@@ -123,3 +123,59 @@ def test_model_dtype_auto_and_attn_implementation_reach_from_pretrained(tmp_path
     assert next(half.parameters()).dtype == torch.bfloat16 and half.config._attn_implementation == "sdpa"
     with pytest.raises(ConfigError, match=r"students\[0\].model.attn_implementation"):
         load_config(CONFIGS / "smoke.yaml", ["students.0.model.attn_implementation=fast"])
+
+
+def test_trainer_args_reach_trl_and_bad_ones_are_refused(tmp_path):
+    """teacher.train.trainer_args / algorithm.grpo.trainer_args / sweep.distill.trainer_args: any field of
+    the TRL config, merged over the project's settings; unknown or project-owned fields are refused."""
+    from trl import GRPOConfig, SFTConfig
+
+    from orchestrator import trl_args
+    from orchestrator.preflight import check_trainer_args
+
+    args = trl_args.build(
+        SFTConfig,
+        {"output_dir": str(tmp_path), "learning_rate": 1e-3, "use_cpu": True, "bf16": False},
+        {"warmup_steps": 7, "weight_decay": 0.1},
+        "x",
+    )
+    assert (args.warmup_steps, args.weight_decay, args.learning_rate) == (7, 0.1, 1e-3)
+    with pytest.raises(ConfigError, match=r"teacher.train.trainer_args: \['warmup_stepz'\] is not a field"):
+        check_trainer_args(load_config(CONFIGS / "smoke.yaml", ["teacher.train.trainer_args.warmup_stepz=3"]))
+    with pytest.raises(ConfigError, match="output_dir cannot be set here"):
+        check_trainer_args(
+            load_config(CONFIGS / "smoke.yaml", ["algorithm.grpo.trainer_args.output_dir=/tmp"])
+        )
+    with pytest.raises(ConfigError, match="GRPOConfig rejects"):
+        trl_args.build(
+            GRPOConfig, {"output_dir": str(tmp_path)}, {"num_generations": 1}, "algorithm.grpo.trainer_args"
+        )
+
+
+def test_teacher_update_uses_trainer_args(smoke_cfg, task):
+    """The ReST-EM teacher update really runs with the user's TRL arguments (max_steps=1: one step)."""
+    import copy
+
+    import torch
+
+    from orchestrator.runner import build_teacher
+
+    cfg = copy.deepcopy(smoke_cfg)
+    cfg.teacher.train.trainer_args = {"max_steps": 1, "logging_steps": 1}
+    teacher, _ = build_teacher(cfg, task, torch.device("cpu"))
+    seen = {}
+    import trl
+
+    real_init = trl.SFTTrainer.__init__
+
+    def init(self, *a, **k):
+        seen["args"] = k["args"]
+        real_init(self, *a, **k)
+
+    trl.SFTTrainer.__init__ = init
+    try:
+        edits = teacher.propose(task.train_contexts()[:1], 0, seed=0)
+        teacher.train([(e.prompt, e.text) for e in edits[:2]], seed=0)
+    finally:
+        trl.SFTTrainer.__init__ = real_init
+    assert seen["args"].max_steps == 1 and seen["args"].logging_steps == 1

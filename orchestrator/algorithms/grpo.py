@@ -199,10 +199,12 @@ class GRPO:
     def _grpo_config(self, round_index: int, workdir: str) -> Any:
         from trl import GRPOConfig
 
+        from orchestrator import trl_args
+
         cfg = self.ctx.cfg
         g, gen = cfg.algorithm.grpo, cfg.teacher.generation
         on_cpu = next(self.ctx.teacher.model.parameters()).device.type == "cpu"
-        return GRPOConfig(
+        defaults = dict(
             output_dir=workdir,  # nothing is saved there (save_strategy="no")
             max_steps=g.steps_per_round,
             per_device_train_batch_size=g.prompts_per_step * g.num_generations,
@@ -229,6 +231,7 @@ class GRPO:
             logging_steps=1,
             disable_tqdm=not self.ctx.progress,
         )
+        return trl_args.build(GRPOConfig, defaults, g.trainer_args, "algorithm.grpo.trainer_args")
 
     def _peft_config(self) -> Any:
         g = self.ctx.cfg.algorithm.grpo
