@@ -36,6 +36,12 @@ def _quiet_libraries() -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars on every model load
+    # ...which also silences huggingface_hub's bars; a hub download can take minutes, so keep those
+    # (unless the user turned them off with HF_HUB_DISABLE_PROGRESS_BARS).
+    if not os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS"):
+        import huggingface_hub.utils
+
+        huggingface_hub.utils.enable_progress_bars()
     import datasets
 
     datasets.disable_progress_bars()

@@ -389,6 +389,13 @@ class RunConfig:
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing run directory."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+    report_to: list[str] = field(
+        default_factory=lambda: ["none"],
+        metadata={
+            "help": "Experiment trackers for every trainer and the round metrics, as one tracker run named "
+            "run.name: none | tensorboard | wandb | trackio (several allowed, e.g. [tensorboard,wandb])."
+        },
+    )
 
 
 @dataclass
@@ -641,6 +648,12 @@ def validate(cfg: Config) -> None:
         "a non-empty name without '/' (and not '.' or '..')",
     )
     _check(cfg.run.device in ("auto", "cpu", "cuda"), "run.device", "use auto, cpu or cuda")
+    _check(
+        all(v in ("none", "tensorboard", "wandb", "trackio") for v in cfg.run.report_to)
+        and ("none" not in cfg.run.report_to or len(cfg.run.report_to) == 1),
+        "run.report_to",
+        "a list of none | tensorboard | wandb | trackio, e.g. run.report_to=[tensorboard] ('none' alone)",
+    )
     _check(
         0 <= cfg.run.seed < 2**32, "run.seed", "must be in [0, 2**32 - 1] (the range numpy and torch seed)"
     )

@@ -24,6 +24,9 @@ def preflight(cfg: Config) -> Any:
     for i, s in enumerate(cfg.students):
         check_model_source(s.model, f"students[{i}].model")
     check_trainer_args(cfg)
+    from orchestrator.tracking import check_report_to
+
+    check_report_to(cfg.run.report_to)
     return task
 
 

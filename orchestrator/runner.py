@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from orchestrator.algorithms import ALGORITHMS, RoundReport, RunContext
 from orchestrator.config import Config, load_config, to_yaml
@@ -25,6 +26,7 @@ from orchestrator.records import json_safe
 from orchestrator.rundir import INTERRUPTED, RunDir, RunDirError
 from orchestrator.signals import Preempted
 from orchestrator.tasks import build_task
+from orchestrator.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +188,13 @@ class Runner:
             rundir=self.rundir,
             progress=self.progress and is_main(),
             initial_teacher=teacher_path,
+            tracker=Tracker(
+                cfg.run.report_to,
+                self.rundir.path,
+                cfg.run.name,
+                config=OmegaConf.to_container(OmegaConf.structured(cfg)),
+                active=is_main(),
+            ),
         )
         algorithm = ALGORITHMS[cfg.algorithm.name]()
         algorithm.setup(ctx)
@@ -199,9 +208,11 @@ class Runner:
                 report = algorithm.train(r)
                 self.rundir.append_jsonl("metrics.jsonl", json_safe(dataclasses.asdict(report)))
                 self.write_summary(pool, prior + time.time() - started)
+                ctx.tracker.log_round(r, dataclasses.asdict(report))
                 log.info(format_round(report, cfg.reward.score))
         finally:
             algorithm.cleanup()
+            ctx.tracker.close()
         return self.write_summary(pool, prior + time.time() - started)
 
     def _load_teacher(self, algorithm: Any, updates: int) -> None:

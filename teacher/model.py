@@ -108,9 +108,17 @@ class Teacher:
             records.append({"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)})
         return records
 
-    def train(self, pairs: list[tuple[str, str]], seed: int, progress: bool = False) -> float:
+    def train(
+        self,
+        pairs: list[tuple[str, str]],
+        seed: int,
+        progress: bool = False,
+        tracking: tuple[dict[str, Any], list[Any]] | None = None,
+    ) -> float:
         """SFT on (prompt, edit) pairs through TRL's SFTTrainer (loss on the edit only), tokenized as sampled
-        (:meth:`sft_records`). Returns the loss."""
+        (:meth:`sft_records`). ``tracking``: a tracker's ``(TRL fields, callbacks)``
+        (:meth:`orchestrator.tracking.Tracker.trainer_settings`). Returns the loss."""
+        report, report_callbacks = tracking or ({}, [])
         t = self.cfg.train
         records = self.sft_records(pairs)
         self.model, loss = sft_train(
@@ -128,8 +136,9 @@ class Teacher:
             gradient_accumulation_steps=t.gradient_accumulation_steps,
             deepspeed=t.deepspeed,
             progress=progress,
-            callbacks=faults.trainer_callbacks(),
+            callbacks=[*faults.trainer_callbacks(), *report_callbacks],
             trainer_args=t.trainer_args,
+            report=report,
         )
         return loss
 

@@ -39,9 +39,11 @@ def sft_train(
     progress: bool = False,
     callbacks: list[Any] | None = None,
     trainer_args: dict[str, Any] | None = None,
+    report: dict[str, Any] | None = None,
 ) -> tuple[Any, float]:
     """Train ``model`` on ``records`` (``{"prompt", "completion"}``: loss on completions only; ``{"text"}``:
-    loss on all tokens; or pre-tokenized ``{"input_ids", "completion_mask"}``: loss where the mask is 1). Returns ``(model, mean training loss)``; with ``method="lora"`` the adapter is merged
+    loss on all tokens; or pre-tokenized ``{"input_ids", "completion_mask"}``: loss where the mask is 1). ``report``: tracking fields (``report_to``, ``run_name``; see
+    :mod:`orchestrator.tracking`), under the user's ``trainer_args``. Returns ``(model, mean training loss)``; with ``method="lora"`` the adapter is merged
     into the returned model so the caller always holds a plain ``PreTrainedModel``."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -82,6 +84,7 @@ def sft_train(
         remove_unused_columns=True,
         completion_only_loss=True if "completion_mask" in records[0] else None,
     )
+    defaults.update(report or {})
     args = trl_args.build(SFTConfig, defaults, trainer_args, "teacher.train.trainer_args")
     peft_config = None
     if method == "lora":

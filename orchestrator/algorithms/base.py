@@ -13,6 +13,7 @@ from orchestrator.distributed import all_gather, on_rank0
 from orchestrator.records import Context, Edit, EditResult
 from orchestrator.rewards import assign_configured_rewards, edit_penalty
 from orchestrator.rundir import RunDir
+from orchestrator.tracking import NO_TRACKER, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class RunContext:
     rundir: RunDir
     progress: bool = False
     initial_teacher: str = ""  # path or hub id of the round-0 teacher
+    tracker: Tracker = NO_TRACKER  # run.report_to: every trainer and the round metrics
 
 
 @dataclass

@@ -120,6 +120,7 @@ class GRPO:
 
     def setup(self, ctx: RunContext) -> None:
         self.ctx = ctx
+        self._tracking: tuple[dict[str, Any], list[Any]] = ({}, [])
 
     def train(self, round_index: int) -> RoundReport:
         ctx, cfg = self.ctx, self.ctx.cfg
@@ -145,6 +146,7 @@ class GRPO:
             # With full fine-tuning TRL loads the KL reference from the model's name_or_path: point it at the
             # teacher as it was at the start of this round (LoRA: the reference is the adapter-free model, the same).
             model.config._name_or_path = self._round_start_path(round_index)
+        self._tracking = ctx.tracker.trainer_settings(f"teacher_round_{round_index}")
         with tempfile.TemporaryDirectory(prefix="teachedit-grpo-") as workdir:
             args = self._grpo_config(round_index, workdir)
             reward = PoolReward(ctx, round_index, contexts, args.process_index, args.world_size)
@@ -183,7 +185,7 @@ class GRPO:
             ),
             processing_class=self.ctx.teacher.tok,
             peft_config=self._peft_config(),
-            callbacks=[_round_log(self.ctx, round_index)],
+            callbacks=[_round_log(self.ctx, round_index), *self._tracking[1]],
         )
         trainer.remove_callback(PrinterCallback)  # libraries log; HF's printer writes to stdout
         return trainer
@@ -231,6 +233,7 @@ class GRPO:
             logging_steps=1,
             disable_tqdm=not self.ctx.progress,
         )
+        defaults.update(self._tracking[0])
         return trl_args.build(GRPOConfig, defaults, g.trainer_args, "algorithm.grpo.trainer_args")
 
     def _peft_config(self) -> Any:

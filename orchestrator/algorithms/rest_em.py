@@ -61,7 +61,12 @@ class RestEM:
             kept = select_edits(train, cfg.algorithm.keep, cfg.algorithm.threshold)
             if kept:
                 pairs = [(r.edit.prompt, r.edit.text) for r in kept]
-                loss = ctx.teacher.train(pairs, seed=cfg.run.seed + round_index, progress=False)
+                loss = ctx.teacher.train(
+                    pairs,
+                    seed=cfg.run.seed + round_index,
+                    progress=False,
+                    tracking=ctx.tracker.trainer_settings(f"teacher_round_{round_index}"),
+                )
                 log.info(
                     "round %d: teacher trained on %d kept edits (loss %.4f)", round_index, len(kept), loss
                 )
