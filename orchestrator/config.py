@@ -378,6 +378,9 @@ class AlgorithmConfig:
     grpo: GRPOSettings = field(default_factory=GRPOSettings)
 
 
+TRACKERS = ("tensorboard", "wandb", "trackio")  # run.report_to (orchestrator/tracking.py)
+
+
 @dataclass
 class RunConfig:
     name: str = field(default="default", metadata={"help": "Run directory name under output_dir."})
@@ -649,7 +652,7 @@ def validate(cfg: Config) -> None:
     )
     _check(cfg.run.device in ("auto", "cpu", "cuda"), "run.device", "use auto, cpu or cuda")
     _check(
-        all(v in ("none", "tensorboard", "wandb", "trackio") for v in cfg.run.report_to)
+        all(v in ("none", *TRACKERS) for v in cfg.run.report_to)
         and ("none" not in cfg.run.report_to or len(cfg.run.report_to) == 1),
         "run.report_to",
         "a list of none | tensorboard | wandb | trackio, e.g. run.report_to=[tensorboard] ('none' alone)",

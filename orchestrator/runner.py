@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from orchestrator.algorithms import ALGORITHMS, RoundReport, RunContext
 from orchestrator.config import Config, load_config, to_yaml
@@ -190,9 +189,9 @@ class Runner:
             initial_teacher=teacher_path,
             tracker=Tracker(
                 cfg.run.report_to,
-                self.rundir.path,
+                self.rundir,
                 cfg.run.name,
-                config=OmegaConf.to_container(OmegaConf.structured(cfg)),
+                config=dataclasses.asdict(cfg),
                 active=is_main(),
             ),
         )

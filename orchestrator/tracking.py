@@ -26,28 +26,18 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import ConfigError
+from orchestrator.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-TRACKERS = ("tensorboard", "wandb", "trackio")
 PROJECT = "teachedit"
 
 
 def check_report_to(report_to: Sequence[str], where: str = "run.report_to") -> None:
-    """Refuse unknown trackers, ``none`` mixed with others, and trackers that are not installed."""
-    values = list(report_to)
-    unknown = [v for v in values if v not in (*TRACKERS, "none")]
-    if unknown:
-        raise ConfigError(f"{where}: unknown tracker {unknown[0]!r}; choose from none, {', '.join(TRACKERS)}")
-    if "none" in values and len(values) > 1:
-        raise ConfigError(f"{where}: 'none' cannot be combined with other trackers ({values})")
-    for name in values:
+    """Refuse trackers that are not installed (the values themselves are checked by ``config.validate``)."""
+    for name in report_to:
         if name != "none" and importlib.util.find_spec(name) is None:
             raise ConfigError(f"{where}: {name} is not installed: pip install {name} (or set {where}=[none])")
-
-
-def trackers(report_to: Sequence[str]) -> list[str]:
-    return [v for v in report_to if v != "none"]
 
 
 def flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -69,15 +59,16 @@ class Tracker:
     def __init__(
         self,
         report_to: Sequence[str],
-        run_dir: Path,
+        rundir: RunDir,
         name: str,
         config: Mapping[str, Any] | None = None,
         active: bool = True,
     ):
-        self.names = trackers(report_to) if active else []
-        self.run_dir = Path(run_dir)
+        self.names = [v for v in report_to if v != "none"] if active else []
+        self.rundir = rundir
+        self.run_dir = rundir.path
         self.name = name
-        self._writers: dict[str, Any] = {}
+        self._rounds_writer: Any = None  # TensorBoard: round metrics
         self._wandb: Any = None
         self._trackio: Any = None
         if "wandb" in self.names:
@@ -89,19 +80,12 @@ class Tracker:
     def enabled(self) -> bool:
         return bool(self.names)
 
-    def _state(self) -> dict[str, Any]:
-        path = self.run_dir / "tracking.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
-
-    def _save_state(self, **updates: Any) -> None:
-        state = {**self._state(), **updates}
-        (self.run_dir / "tracking.json").write_text(json.dumps(state, indent=1))
-
     def _init_wandb(self, config: dict[str, Any]) -> None:
         import wandb
 
-        run_id = self._state().get("wandb_id") or wandb.util.generate_id()
-        self._save_state(wandb_id=run_id)
+        state = self.run_dir / "tracking.json"  # the W&B run id, so --resume continues the same run
+        run_id = json.loads(state.read_text())["wandb_id"] if state.is_file() else wandb.util.generate_id()
+        self.rundir.write_json(state.name, {"wandb_id": run_id})
         self._wandb = wandb
         wandb.init(
             project=os.environ.get("WANDB_PROJECT", PROJECT),
@@ -145,14 +129,13 @@ class Tracker:
             return
         values = {f"round/{k}": v for k, v in flatten(metrics).items() if k != "round"}
         if "tensorboard" in self.names:
-            writer = self._writers.get("rounds")
-            if writer is None:
+            if self._rounds_writer is None:
                 from torch.utils.tensorboard import SummaryWriter
 
-                writer = self._writers["rounds"] = SummaryWriter(str(self.run_dir / "tensorboard" / "rounds"))
+                self._rounds_writer = SummaryWriter(str(self.run_dir / "tensorboard" / "rounds"))
             for key, value in values.items():
-                writer.add_scalar(key, value, round_index)
-            writer.flush()
+                self._rounds_writer.add_scalar(key, value, round_index)
+            self._rounds_writer.flush()
         if self._wandb is not None:
             self._wandb.log({**values, "round": round_index})
         if self._trackio is not None:
@@ -161,9 +144,9 @@ class Tracker:
             self._trackio.log({**values, "round": round_index})
 
     def close(self) -> None:
-        for writer in self._writers.values():
-            writer.close()
-        self._writers.clear()
+        if self._rounds_writer is not None:
+            self._rounds_writer.close()
+            self._rounds_writer = None
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None
@@ -175,4 +158,4 @@ class Tracker:
             self._trackio = None
 
 
-NO_TRACKER = Tracker([], Path("."), "none", active=False)
+NO_TRACKER = Tracker([], RunDir(Path("."), writer=False), "none", active=False)

@@ -9,6 +9,7 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.config import ConfigError, load_config
+from orchestrator.rundir import RunDir
 from orchestrator.tracking import Tracker, check_report_to, flatten
 
 from .conftest import CACHE, CONFIGS
@@ -39,7 +40,7 @@ def test_flatten_keeps_numeric_leaves():
 
 
 def test_default_reports_nowhere(tmp_path):
-    tracker = Tracker(["none"], tmp_path, "r")
+    tracker = Tracker(["none"], RunDir(tmp_path), "r")
     assert not tracker.enabled
     assert tracker.trainer_settings("teacher_round_0") == ({"report_to": "none"}, [])
     tracker.log_round(0, {"mean_reward": 1.0})
