@@ -203,7 +203,17 @@ class TeacherConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     prompt_format: str = field(
         default="implications",
-        metadata={"help": "Edit prompt: implications | rewrite | self-qa | notes (or a task's own)."},
+        metadata={
+            "help": "Edit prompt: implications | rewrite | self-qa | notes | arc-directive, or one of "
+            "teacher.prompt_formats"
+        },
+    )
+    prompt_formats: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Your own edit prompts, name -> template with {context} and optionally {title} (plain "
+            "placeholders only; nothing is evaluated), e.g. {facts: 'List the facts of: {context}\\nFacts:\\n'}"
+        },
     )
     use_chat_template: str = field(
         default="auto", metadata={"help": "auto (if the tokenizer has one) | always | never"}
@@ -640,6 +650,28 @@ def _check_arc(a: ArcTaskConfig) -> None:
     _check(not unknown, "task.arc.views", f"unknown {unknown}; choose from {', '.join(AUGMENTATIONS)}")
 
 
+def _register_plugins(cfg: Config) -> None:
+    """Load what the config names from the user's own code (``module:attribute``) and the prompt formats it
+    defines, into the registries the rest of the code reads (:mod:`orchestrator.plugins`)."""
+    from orchestrator.plugins import PluginError, is_plugin, register_reward_plugin, register_task_plugin
+    from teacher.prompts import register_prompt_format
+
+    try:
+        if is_plugin(cfg.task.name):
+            register_task_plugin(cfg.task.name, "task.name")
+        for key, name in [("reward.name", cfg.reward.name)] + [
+            (f"reward.weights.{n}", n) for n in cfg.reward.weights
+        ]:
+            if is_plugin(name):
+                register_reward_plugin(name, key)
+        for name, template in cfg.teacher.prompt_formats.items():
+            register_prompt_format(name, template)
+    except PluginError as exc:
+        raise ConfigError(str(exc)) from None
+    except ValueError as exc:  # a prompt template that register_prompt_format refuses
+        raise ConfigError(f"teacher.prompt_formats: {exc}") from None
+
+
 def validate(cfg: Config) -> None:
     """Check ranges and cross-field rules. Raises :class:`ConfigError` naming the field and the fix."""
     from orchestrator.rewards import AGGREGATES, REWARDS, check_reward_config
@@ -661,6 +693,7 @@ def validate(cfg: Config) -> None:
         0 <= cfg.run.seed < 2**32, "run.seed", "must be in [0, 2**32 - 1] (the range numpy and torch seed)"
     )
     _check(0 <= cfg.task.seed < 2**32, "task.seed", "must be in [0, 2**32 - 1]")
+    _register_plugins(cfg)
     _check(
         cfg.task.name in TASKS, "task.name", f"unknown task '{cfg.task.name}'; choose from {sorted(TASKS)}"
     )

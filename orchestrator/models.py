@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -122,7 +123,8 @@ def tiny_dir(spec: TinyModelSpec, task: Any, cache_dir: Path) -> Path:
         key_fields["protocol"] = task.protocol
     key = json.dumps(key_fields, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return cache_dir / "tiny" / f"{task.name}-{spec.pretrain}-{spec.family}-{digest}"
+    safe = re.sub(r"[^\w.-]", "_", str(task.name))  # a plugin task may name itself anything
+    return cache_dir / "tiny" / f"{safe}-{spec.pretrain}-{spec.family}-{digest}"
 
 
 def build_tiny(spec: TinyModelSpec, task: Any, cache_dir: Path) -> Path:

@@ -121,6 +121,21 @@ class Teacher:
         report, report_callbacks = tracking or ({}, [])
         t = self.cfg.train
         records = self.sft_records(pairs)
+        # TRL truncates at max_length from the right: a record whose prompt fills it has no edit token left to
+        # learn from (and TRL would drop it, leaving an empty dataset if all are)
+        fits = [r for r in records if r["completion_mask"].index(1) < t.max_length]
+        if len(fits) < len(records):
+            shortest = min(r["completion_mask"].index(1) for r in records)
+            message = (
+                f"{len(records) - len(fits)} of {len(records)} kept edits have prompts of >= "
+                f"teacher.train.max_length={t.max_length} tokens (shortest prompt: {shortest} tokens), so no edit "
+                "token would be trained on; raise teacher.train.max_length (a run continues with "
+                "`teachedit run --resume RUN_DIR teacher.train.max_length=N`)"
+            )
+            if not fits:
+                raise ValueError(message)
+            log.warning("%s; training on the other %d", message, len(fits))
+        records = fits
         self.model, loss = sft_train(
             self.model,
             self.tok,

@@ -9,6 +9,8 @@ Templates are plain ``str.format`` strings with ``{title}`` and ``{context}``; n
 
 from __future__ import annotations
 
+import string
+
 from orchestrator.records import Context
 
 PROMPT_FORMATS: dict[str, str] = {
@@ -47,9 +49,35 @@ PROMPT_FORMATS: dict[str, str] = {
 }
 
 
+BUILTIN_FORMATS = frozenset(PROMPT_FORMATS)
+
+
 def register_prompt_format(name: str, template: str) -> None:
-    """Add a prompt format (a ``str.format`` template using ``{title}`` and ``{context}``)."""
-    if "{context}" not in template:
+    """Add a prompt format: a template whose only placeholders are ``{context}`` (required) and ``{title}``.
+
+    Placeholders are checked with :class:`string.Formatter` before anything is registered: attribute or index
+    access (``{context.__class__}``), conversions and format specs are refused, so a template from a config
+    can only ever paste the passage and its title. Literal braces are written ``{{`` and ``}}``.
+    Redefining a built-in format is refused."""
+    if not name or not isinstance(name, str) or ":" in name:
+        raise ValueError(f"prompt format name {name!r}: use a non-empty name without ':'")
+    if name in BUILTIN_FORMATS and template != PROMPT_FORMATS[name]:
+        raise ValueError(f"{name!r} is a built-in prompt format; give yours another name")
+    if not isinstance(template, str):
+        raise ValueError(f"prompt format {name!r}: the template must be a string")
+    try:
+        fields = [(f, conv, spec) for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise ValueError(
+            f"prompt format {name!r}: {exc} (write literal braces as '{{{{' and '}}}}')"
+        ) from None
+    bad = sorted({f for f, conv, spec in fields if f not in ("title", "context") or conv or spec})
+    if bad:
+        raise ValueError(
+            f"prompt format {name!r} uses placeholders {bad}; only {{context}} and {{title}} are allowed "
+            "(write literal braces as '{{{{' and '}}}}')"
+        )
+    if "context" not in {f for f, _, _ in fields}:
         raise ValueError(f"prompt format {name!r} must contain '{{context}}'")
     PROMPT_FORMATS[name] = template
 

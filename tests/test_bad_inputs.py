@@ -556,6 +556,38 @@ def tokenizer_without_pad_or_eos(env: Env) -> None:
         load_tokenizer(str(_tokenizer_copy(env, pad_token=None, eos_token=None)), ModelConfig())
 
 
+def plugin_not_importable(env: Env) -> None:
+    refused(
+        *env.smoke("reward.name=no_such_pkg.rewards:gain"), "reward.name: cannot import module", "PYTHONPATH"
+    )
+    no_run_dir(env)
+
+
+def prompt_template_unsafe(env: Env) -> None:
+    refused(
+        *env.smoke("teacher.prompt_formats={mine: 'Passage {context.__class__}'}", "teacher.prompt_format=mine"),
+        "teacher.prompt_formats", "only {context} and {title} are allowed",
+    )  # fmt: skip
+    no_run_dir(env)
+
+
+def teacher_prompt_over_max_length(env: Env) -> None:
+    from orchestrator.config import load_config
+    from orchestrator.runner import build_teacher
+
+    cfg = load_config(SMOKE, [f"run.cache_dir={CACHE}", "teacher.train.max_length=16"])
+    teacher, _ = build_teacher(cfg, env.task, torch.device("cpu"))
+    contexts = env.task.train_contexts()
+    long_prompt = teacher.prompt(contexts[0]) + " filler" * 40
+    with pytest.raises(ValueError, match=r"2 of 2 kept edits have prompts of >= teacher.train.max_length=16"):
+        teacher.train([(long_prompt, "an edit"), (long_prompt, "another")], seed=0)
+    before = [p.detach().clone() for p in teacher.model.parameters()]
+    teacher.train([("Passage: x\nNotes:\n", "an edit"), (long_prompt, "another")], seed=0)  # one fits
+    assert any(not torch.equal(a, b) for a, b in zip(before, teacher.model.parameters())), (
+        "trained on the one"
+    )
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -610,6 +642,9 @@ CASES = [
         arc_directive_out_of_range,
         tokenizer_without_pad,
         tokenizer_without_pad_or_eos,
+        plugin_not_importable,
+        prompt_template_unsafe,
+        teacher_prompt_over_max_length,
     ]
 ]
 
