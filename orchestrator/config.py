@@ -277,7 +277,30 @@ class ArcTaskConfig:
 class TaskConfig:
     name: str = field(default="synthetic", metadata={"help": "synthetic | squad | arc"})
     path: str | None = field(
-        default=None, metadata={"help": "SEAL-format JSON for squad; null uses the bundled subset."}
+        default=None,
+        metadata={
+            "help": "squad: SEAL-format .json (a list) or .jsonl (a record per line); null: the bundled subset."
+        },
+    )
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "squad: a `datasets` source instead of task.path: a .json/.jsonl/.csv/.parquet file, a "
+            "save_to_disk folder, or a hub id (e.g. rajpurkar/squad); rows nested (SEAL) or one per question"
+        },
+    )
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "The hub dataset's configuration name."}
+    )
+    split: str = field(
+        default="train", metadata={"help": "Split of task.dataset (hub id or DatasetDict folder)."}
+    )
+    columns: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Column mapping for task.dataset, teachedit's name -> yours: title, context, questions, "
+            "question, answer, answers (dotted for nested fields), e.g. {context: passage, answers: answers.text}"
+        },
     )
     num_train_contexts: int = field(
         default=16, metadata={"help": "Contexts the teacher is trained on per round."}
@@ -703,6 +726,18 @@ def validate(cfg: Config) -> None:
     _check(cfg.task.protocol in ("seal", "qa_lines"), "task.protocol", "use seal or qa_lines")
     if cfg.task.path is not None:
         _check(Path(cfg.task.path).is_file(), "task.path", f"file not found: {cfg.task.path}")
+    _check(
+        cfg.task.path is None or cfg.task.dataset is None,
+        "task.dataset",
+        "set task.path or task.dataset, not both",
+    )
+    from orchestrator.tasks.squad import COLUMN_KEYS
+
+    bad = sorted(set(cfg.task.columns) - set(COLUMN_KEYS))
+    _check(not bad, "task.columns", f"unknown keys {bad}; map any of {list(COLUMN_KEYS)}")
+    _check(
+        cfg.task.dataset is not None or not cfg.task.columns, "task.columns", "applies to task.dataset only"
+    )
     if cfg.task.name == "arc":
         _check_arc(cfg.task.arc)
 

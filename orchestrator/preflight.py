@@ -50,7 +50,9 @@ def check_task(cfg: Config) -> Any:
     try:
         return build_task(cfg.task)
     except (ValueError, FileNotFoundError) as exc:  # DataFormatError is a ValueError
-        raise ConfigError(f"task ({cfg.task.name}, task.path={cfg.task.path}): {exc}") from None
+        source = f"task.dataset={cfg.task.dataset}" if cfg.task.dataset else f"task.path={cfg.task.path}"
+        where = cfg.task.name if source in str(exc) else f"{cfg.task.name}, {source}"
+        raise ConfigError(f"task ({where}): {exc}") from None
 
 
 def check_prompt_format(cfg: Config) -> None:

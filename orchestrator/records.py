@@ -13,8 +13,17 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Question:
+    """A held-out question. ``answer`` is the reference answer (its log-probability is scored);
+    ``alternatives`` are further accepted answers (SQuAD lists several): EM and F1 take the best over
+    :attr:`golds`, as SQuAD's official script does."""
+
     question: str
     answer: str
+    alternatives: tuple[str, ...] = ()
+
+    @property
+    def golds(self) -> tuple[str, ...]:
+        return (self.answer, *self.alternatives)
 
 
 @dataclass(frozen=True)

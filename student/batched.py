@@ -319,7 +319,7 @@ def score_adapters(ml: MultiLoRA, contexts: list[Context], which: list[int]) -> 
     answers = adapter_answers(ml, {i: [contexts[i]] for i in which})
     out = {}
     for i in which:
-        (preds, lps), golds = answers[i], [q.answer for q in contexts[i].questions]
+        (preds, lps), golds = answers[i], [q.golds for q in contexts[i].questions]
         out[i] = aggregate_score(preds, golds, lps) if golds else StudentScore(0.0, 0.0, 0.0, 0)
     return out
 

@@ -6,6 +6,7 @@ import re
 import string
 import weakref
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -23,11 +24,17 @@ def normalize_answer(s: str) -> str:
     return " ".join(s.split())
 
 
-def exact_match(prediction: str, gold: str) -> float:
+def exact_match(prediction: str, gold: str | Sequence[str]) -> float:
+    """SQuAD's exact match; with several gold answers, the best over them (its ``metric_max_over_ground_truths``)."""
+    if not isinstance(gold, str):
+        return max(exact_match(prediction, g) for g in gold)
     return float(normalize_answer(prediction) == normalize_answer(gold))
 
 
-def token_f1(prediction: str, gold: str) -> float:
+def token_f1(prediction: str, gold: str | Sequence[str]) -> float:
+    """SQuAD's token F1; with several gold answers, the best over them."""
+    if not isinstance(gold, str):
+        return max(token_f1(prediction, g) for g in gold)
     p, g = normalize_answer(prediction).split(), normalize_answer(gold).split()
     if not p or not g:
         return float(p == g)
@@ -181,14 +188,15 @@ def score_context(
     if not context.questions:
         return StudentScore(0.0, 0.0, 0.0, 0)
     prompts = [qa_prompt(task, tok, chat, q.question, context) for q in context.questions]
-    golds = [q.answer for q in context.questions]
+    answers = [q.answer for q in context.questions]
     preds = greedy_answers(model, tok, prompts, max_new_tokens, batch_size, add_special_tokens=not chat)
-    lps = gold_logprobs(model, tok, prompts, golds, batch_size, add_special_tokens=not chat)
-    return aggregate_score(preds, golds, lps)
+    lps = gold_logprobs(model, tok, prompts, answers, batch_size, add_special_tokens=not chat)
+    return aggregate_score(preds, [q.golds for q in context.questions], lps)
 
 
-def aggregate_score(preds: list[str], golds: list[str], lps: list[float]) -> StudentScore:
-    """One context's score from its questions' greedy answers and gold log-probabilities."""
+def aggregate_score(preds: list[str], golds: Sequence[str | Sequence[str]], lps: list[float]) -> StudentScore:
+    """One context's score from its questions' greedy answers (EM / F1 against each question's gold answers,
+    the best of several) and reference-answer log-probabilities."""
     n = len(golds)
     return StudentScore(
         em=sum(exact_match(p, g) for p, g in zip(preds, golds)) / n,

@@ -99,7 +99,7 @@ def make_answers(contexts: list[Context], preds: list[str], lps: list[float]) ->
     its greedy prediction and gold log-prob, in that order."""
     qs = [(c.id, i, q) for c in contexts for i, q in enumerate(c.questions)]
     return [
-        Answer(cid, i, q.question, q.answer, p, exact_match(p, q.answer), token_f1(p, q.answer), lp)
+        Answer(cid, i, q.question, q.answer, p, exact_match(p, q.golds), token_f1(p, q.golds), lp)
         for (cid, i, q), p, lp in zip(qs, preds, lps, strict=True)
     ]
 

@@ -124,7 +124,14 @@ def seal_records(
         {
             "title": c.title,
             "context": c.text,
-            "questions": [{"question": q.question, "answer": q.answer} for q in c.questions],
+            "questions": [
+                {
+                    "question": q.question,
+                    "answer": q.answer,
+                    **({"answers": list(q.golds)} if q.alternatives else {}),
+                }
+                for q in c.questions
+            ],
             "completions": list(edits.get(c.id, ())),
             "prompt": prompts.get(c.id, ""),
         }

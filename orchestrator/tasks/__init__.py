@@ -15,7 +15,16 @@ TASKS: dict[str, Callable[..., Any]] = {
         c.num_train_contexts, c.num_heldout_contexts, c.seed, c.max_questions
     ),
     "squad": lambda c: SquadTask(
-        c.path, c.num_train_contexts, c.num_heldout_contexts, c.seed, c.max_questions, c.protocol
+        c.path,
+        c.num_train_contexts,
+        c.num_heldout_contexts,
+        c.seed,
+        c.max_questions,
+        c.protocol,
+        dataset=c.dataset,
+        dataset_config=c.dataset_config,
+        split=c.split,
+        columns=dict(c.columns),
     ),
     "arc": lambda c: ArcFewShotTask(c.arc, c.num_train_contexts, c.num_heldout_contexts),
 }

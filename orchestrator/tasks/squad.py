@@ -30,6 +30,7 @@ import random
 import re
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from orchestrator.records import Context, Question
 from orchestrator.tasks.base import TrainingItem, qa_training_items
@@ -83,12 +84,24 @@ class DataFormatError(ValueError):
 
 
 def load_seal_json(path: str | Path, need_completions: bool = False) -> list[dict]:
-    """Read a SEAL-format JSON file with ``datasets`` and check its schema. Returns plain records."""
+    """Read a SEAL-format JSON file (a list of records) or JSONL file (one record per line) with ``datasets``
+    and check its schema. Returns plain records; a question's ``answers`` list (several gold answers), when
+    present, is kept beside ``answer``."""
     import datasets
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}. Pass a SEAL-format JSON file (see README).")
+    if path.suffix == ".jsonl":
+        records = _read_jsonl(path)
+        need = {"title", "context", "questions"} | ({"completions"} if need_completions else set())
+        for i, r in enumerate(records):
+            missing = need - set(r)
+            if missing:
+                raise DataFormatError(
+                    f"{path}: line {i + 1} lacks {sorted(missing)}; expected keys {sorted(need)}"
+                )
+        return _checked(path, normalize_records(records, {}, str(path)), need_completions)
     _check_json_list(path)
     try:
         ds = datasets.load_dataset("json", data_files=str(path), split="train")
@@ -99,13 +112,156 @@ def load_seal_json(path: str | Path, need_completions: bool = False) -> list[dic
     if missing:
         raise DataFormatError(f"{path}: records lack {sorted(missing)}; expected keys {sorted(need)}")
     records = ds.to_list()
+    for r in records:
+        for q in r["questions"] or []:
+            if isinstance(q, dict) and q.get("answers") is None:
+                q.pop("answers", None)  # datasets fills a column that only some questions have with None
+    return _checked(path, records, need_completions)
+
+
+def _checked(where: str | Path, records: list[dict], need_completions: bool = False) -> list[dict]:
     for i, r in enumerate(records):
         if not isinstance(r["context"], str) or not r["context"].strip():
-            raise DataFormatError(f"{path}: record {i} has an empty context")
+            raise DataFormatError(f"{where}: record {i} has an empty context")
         for j, q in enumerate(r["questions"] or []):
-            if not q or not str(q.get("answer") or "").strip():
-                raise DataFormatError(f"{path}: record {i} question {j} has no answer")
+            if not q or not golds_of(q, "answer", "answers"):
+                raise DataFormatError(f"{where}: record {i} question {j} has no answer")
     return records
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    import json
+
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataFormatError(f"{path}: line {n} is not valid JSON ({exc})") from None
+            if not isinstance(r, dict):
+                raise DataFormatError(f"{path}: line {n} is not a JSON object")
+            records.append(r)
+    if not records:
+        raise DataFormatError(f"{path}: no records")
+    return records
+
+
+# What task.columns may map: the names teachedit reads -> the names in the user's data.
+COLUMN_KEYS = ("title", "context", "questions", "question", "answer", "answers")
+
+
+def _get(row: dict, name: str) -> Any:
+    """``row[name]``, where a dotted name reaches into nested mappings (``answers.text``)."""
+    value: Any = row
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def golds_of(q: dict, answer: str, answers: str) -> list[str]:
+    """A question's gold answers, reference first: ``answer`` (a string), then ``answers`` (a list of strings,
+    one string, or SQuAD's ``{"text": [...], "answer_start": [...]}``), without empty strings or repeats."""
+    found: list[str] = []
+    for value in (_get(q, answer), _get(q, answers)):
+        if isinstance(value, dict):
+            value = value.get("text")
+        if isinstance(value, str):
+            value = [value]
+        for a in value or []:
+            a = str(a).strip()
+            if a and a not in found:
+                found.append(a)
+    return found
+
+
+def normalize_records(rows: list[dict], columns: dict[str, str], where: str) -> list[dict]:
+    """Turn rows of any layout into SEAL records ``{title, context, questions: [{question, answer[, answers]}]}``.
+
+    Two layouts, named through ``columns`` (teachedit's name -> the data's; unmapped names are read as is):
+    *nested*, one row per passage with a ``questions`` list (SEAL's files), or *flat*, one row per question
+    with ``question`` and ``answer`` / ``answers`` columns (Hugging Face's ``squad``), grouped into passages by
+    their context text in order of first appearance. ``answers`` may hold several gold answers."""
+    unknown = sorted(set(columns) - set(COLUMN_KEYS))
+    if unknown:
+        raise DataFormatError(f"task.columns: unknown keys {unknown}; map any of {list(COLUMN_KEYS)}")
+    col = {k: columns.get(k, k) for k in COLUMN_KEYS}
+    if not rows:
+        raise DataFormatError(f"{where}: no rows")
+    first = rows[0]
+    if not isinstance(_get(first, col["context"]), str):
+        raise DataFormatError(
+            f"{where}: no text column '{col['context']}' (columns: {sorted(first)}); map it with "
+            f"task.columns.context=<column>"
+        )
+    nested = isinstance(_get(first, col["questions"]), list)
+    if not nested and _get(first, col["question"]) is None:
+        raise DataFormatError(
+            f"{where}: neither a '{col['questions']}' list nor a '{col['question']}' column (columns: "
+            f"{sorted(first)}); map one with task.columns.questions=<column> or task.columns.question=<column>"
+        )
+    out: dict[str, dict] = {}
+    for i, row in enumerate(rows):
+        context = _get(row, col["context"])
+        if not isinstance(context, str):
+            raise DataFormatError(f"{where}: row {i} has no text in '{col['context']}'")
+        rec = out.setdefault(
+            context, {"title": str(_get(row, col["title"]) or ""), "context": context, "questions": []}
+        )
+        for q in _get(row, col["questions"]) or [] if nested else [row]:
+            if not isinstance(q, dict):
+                raise DataFormatError(
+                    f"{where}: row {i}: a question must be an object, got {type(q).__name__}"
+                )
+            golds = golds_of(q, col["answer"], col["answers"])
+            if not golds:
+                raise DataFormatError(
+                    f"{where}: row {i}: a question has no answer in '{col['answer']}' or '{col['answers']}'"
+                )
+            question = {"question": str(_get(q, col["question"]) or ""), "answer": golds[0]}
+            if len(golds) > 1:
+                question["answers"] = golds
+            rec["questions"].append(question)
+        for key in ("completions", "prompt"):
+            if key in row and key not in rec:
+                rec[key] = row[key]
+    return list(out.values())
+
+
+def load_dataset_records(source: str, config: str | None, split: str, columns: dict[str, str]) -> list[dict]:
+    """Rows of a ``datasets`` source as SEAL records (:func:`normalize_records`): a data file (``.json``,
+    ``.jsonl``, ``.csv``, ``.parquet``), a folder written by ``Dataset.save_to_disk``, or a hub dataset id
+    (``rajpurkar/squad``; needs the network or the datasets cache)."""
+    import datasets
+
+    where = f"task.dataset={source}"
+    path = Path(source)
+    builders = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+    try:
+        if path.is_file():
+            if path.suffix not in builders:
+                raise DataFormatError(f"{where}: a data file must end in {sorted(builders)}")
+            ds = datasets.load_dataset(builders[path.suffix], data_files=str(path), split="train")
+        elif path.is_dir() and (path / "dataset_info.json").is_file():
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    raise DataFormatError(f"{where}: no split '{split}' (has {sorted(ds)}); set task.split")
+                ds = ds[split]
+        else:
+            ds = datasets.load_dataset(source, config, split=split)
+    except DataFormatError:
+        raise
+    except Exception as exc:
+        raise DataFormatError(
+            f"{where}: cannot load it with datasets ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
+            "give a .json/.jsonl/.csv/.parquet file, a save_to_disk folder, or a hub id (online, or cached)"
+        ) from None
+    return _checked(where, normalize_records(ds.to_list(), columns, where))
 
 
 def _check_json_list(path: Path) -> None:
@@ -123,7 +279,11 @@ def _check_json_list(path: Path) -> None:
 
 
 def to_context(record: dict, index: int, max_questions: int = 0) -> Context:
-    qs = tuple(Question(str(q["question"]), str(q["answer"])) for q in record["questions"])
+    qs = tuple(
+        Question(str(q["question"]), golds[0], tuple(golds[1:]))
+        for q in record["questions"]
+        for golds in [golds_of(q, "answer", "answers")]
+    )
     if max_questions:
         qs = qs[:max_questions]
     return Context(
@@ -143,12 +303,20 @@ class SquadTask:
         seed: int = 0,
         max_questions: int = 0,
         protocol: str = "seal",
+        dataset: str | None = None,
+        dataset_config: str | None = None,
+        split: str = "train",
+        columns: dict[str, str] | None = None,
     ):
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown squad protocol {protocol!r}; choose from {PROTOCOLS}")
         self.protocol = protocol
-        self.path = Path(path) if path else bundled_path()
-        records = load_seal_json(self.path)
+        if dataset:
+            self.path = Path(dataset)
+            records = load_dataset_records(dataset, dataset_config, split, dict(columns or {}))
+        else:
+            self.path = Path(path) if path else bundled_path()
+            records = load_seal_json(self.path)
         contexts = [to_context(r, i, max_questions) for i, r in enumerate(records) if r["questions"]]
         order = list(range(len(contexts)))
         random.Random(seed).shuffle(order)
