@@ -73,6 +73,34 @@ def test_demo_seeds_quick(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_grpo_vs_rest_quick(tmp_path, capsys):
+    """Both algorithms run at the quick budget and are tabulated; the plot is written."""
+    out, png = tmp_path / "grpo.json", tmp_path / "grpo.png"
+    script("grpo_vs_rest").main(
+        [
+            "--quick",
+            "--out",
+            str(out),
+            "--plot",
+            str(png),
+            f"run.output_dir={tmp_path}",
+            f"run.cache_dir={CACHE}",
+        ]
+    )
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["algorithm"], r["seed"]) for r in runs] == [("rest_em", 0), ("grpo", 0)]
+    for r in runs:
+        assert [x["round"] for x in r["rounds"]] == [0, 1]
+        assert all(finite(x["heldout_mean_reward"]) and finite(x["heldout_sem"]) for x in r["rounds"])
+    # same held-out contexts and untrained teacher at round 0: the two algorithms start equal
+    assert runs[0]["rounds"][0]["heldout_mean_reward"] == pytest.approx(
+        runs[1]["rounds"][0]["heldout_mean_reward"]
+    )
+    assert png.stat().st_size > 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("| GRPO, seed 0 | ")
+
+
+@pytest.mark.slow
 def test_ds_memory_quick(capsys):
     """Two real gloo ranks: a ZeRO-3 student's resident parameters at 2 ranks are about half those at 1."""
     script("ds_memory").main(["--quick", "--cache-dir", str(CACHE)])
