@@ -284,6 +284,15 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_list(args: argparse.Namespace) -> int:
+    from orchestrator.config import bundled_configs
+
+    for name, path in bundled_configs().items():
+        first = next((ln for ln in path.read_text().splitlines() if ln.startswith("#")), "#").lstrip("# ")
+        print(f"{name:<32} {first}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="teachedit",
@@ -297,7 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a config: teacher → students → reward → teacher update, per round")
-    run.add_argument("config", nargs="?", help="YAML config, e.g. configs/default.yaml")
+    run.add_argument(
+        "config",
+        nargs="?",
+        help="YAML config, or a bundled config's name (teachedit config list), e.g. default",
+    )
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. algorithm.rounds=3")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     run.set_defaults(fn=cmd_run)
@@ -380,6 +393,8 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
     show = conf_sub.add_parser("show", help="print the settings (all, or those under SECTION)")
     show.add_argument("section", nargs="?", help="e.g. teacher, teacher.generation, students, reward")
     show.set_defaults(fn=cmd_config)
+    listing = conf_sub.add_parser("list", help="the bundled configs, by name (usable wherever a CONFIG goes)")
+    listing.set_defaults(fn=cmd_config_list)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -566,14 +566,71 @@ def _merge_students(current: list[Any], raw: Any) -> list[Any]:
     return out
 
 
+def _install_roots() -> list[Path]:
+    """Where the project's own files are: a source checkout's root (``configs/``, ``orchestrator/data/``), and
+    the installed ``orchestrator`` package, which holds ``configs/`` as ``orchestrator/configs``."""
+    package = Path(__file__).resolve().parent
+    return [package.parent, package]
+
+
+def bundled_configs() -> dict[str, Path]:
+    """The configs that come with teachedit, by name (``default``, ``real_cpu``, ``paper/squad_qwen2.5-7b_seal``)."""
+    found: dict[str, Path] = {}
+    for root in _install_roots():
+        folder = root / "configs"
+        if folder.is_dir():
+            for f in sorted(folder.rglob("*.yaml")):
+                found.setdefault(f.relative_to(folder).with_suffix("").as_posix(), f)
+    return found
+
+
+def find_config(path: str | Path) -> Path:
+    """A config file: ``path`` itself when it exists, else a bundled config of that name (``default``,
+    ``default.yaml``, ``configs/default.yaml`` from any folder, ``paper/squad_qwen2.5-7b_seal``)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    name = p.as_posix().removesuffix(".yaml").removeprefix("configs/")
+    bundled = bundled_configs()
+    if name in bundled:
+        return bundled[name]
+    raise ConfigError(
+        f"config file not found: {path}. Pass a YAML file, or the name of a bundled config: "
+        f"{', '.join(bundled) or '(none installed)'}"
+    )
+
+
+def _bundled_file(value: str | None) -> str | None:
+    """A relative path a bundled config names (``orchestrator/data/...``, ``configs/deepspeed/...``) that is
+    not under the current folder, found where teachedit is installed; anything else unchanged."""
+    if not value or Path(value).is_absolute() or Path(value).exists():
+        return value
+    for root in _install_roots():
+        candidate = root / value
+        if candidate.exists():
+            return str(candidate)
+    return value
+
+
+def _resolve_bundled_paths(cfg: Config) -> None:
+    t = cfg.task
+    t.path = _bundled_file(t.path)
+    if t.dataset and Path(t.dataset).suffix:
+        t.dataset = _bundled_file(t.dataset)
+    for key in ("train_challenges", "train_solutions", "eval_challenges", "eval_solutions"):
+        setattr(t.arc, key, _bundled_file(getattr(t.arc, key)))
+    cfg.teacher.train.deepspeed = _bundled_file(cfg.teacher.train.deepspeed)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Schema ← YAML ← ``key=value`` overrides, validated. Raises :class:`ConfigError` with the fix."""
+    """Schema ← YAML ← ``key=value`` overrides, validated. Raises :class:`ConfigError` with the fix.
+
+    ``path`` is a YAML file or the name of a bundled config (:func:`find_config`); relative data paths a
+    config names are read from the current folder, else from where teachedit is installed."""
     schema = OmegaConf.structured(Config)
     layers: list[DictConfig] = []
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}. Pass a YAML file, e.g. configs/default.yaml.")
+        path = find_config(path)
         try:
             raw = yaml.safe_load(path.read_text())
             loaded = OmegaConf.load(path)
@@ -600,6 +657,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:
         raise ConfigError(_explain_omegaconf(exc)) from None
+    _resolve_bundled_paths(cfg)
     validate(cfg)
     return cfg
 
