@@ -8,6 +8,7 @@ name the field and the fix.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,20 @@ class ModelConfig:
         metadata={
             "help": "Load pickle weights (pytorch_model.bin) when a checkpoint has no safetensors. Unpickling "
             "a file can run code hidden in it: only for files you trust. Off: such checkpoints are refused."
+        },
+    )
+    quantization: str | None = field(
+        default=None,
+        metadata={
+            "help": "null | 4bit | 8bit: load the base weights quantized with bitsandbytes (QLoRA: NF4 with "
+            "double quantization, compute in model.dtype). Needs bitsandbytes and a CUDA device; LoRA only."
+        },
+    )
+    device: str | None = field(
+        default=None,
+        metadata={
+            "help": "This model's device: null (run.device) | auto | cpu | cuda | cuda:N, e.g. the teacher on "
+            "cuda:0 and a student on cuda:1. Under the deepspeed launcher each rank uses its own GPU instead."
         },
     )
 
@@ -680,6 +695,17 @@ def _check(cond: bool, where: str, message: str) -> None:
 
 
 def _check_model(m: ModelConfig, where: str) -> None:
+    _check(m.quantization in (None, "4bit", "8bit"), f"{where}.quantization", "use null, 4bit or 8bit")
+    _check(
+        m.device is None or re.fullmatch(r"auto|cpu|cuda(:\d+)?", m.device) is not None,
+        f"{where}.device",
+        "use null (run.device), auto, cpu, cuda or cuda:N",
+    )
+    _check(
+        m.quantization is None or m.device != "cpu",
+        f"{where}.quantization",
+        "bitsandbytes quantization needs a CUDA device; set model.device (or run.device) to cuda, or quantization=null",
+    )
     sources = [k for k in ("path", "gguf") if getattr(m, k) is not None]
     _check(
         bool(sources) or m.tiny is not None,
@@ -800,6 +826,18 @@ def validate(cfg: Config) -> None:
         _check_arc(cfg.task.arc)
 
     _check_model(cfg.teacher.model, "teacher.model")
+    _check(
+        cfg.teacher.model.quantization is None or cfg.teacher.train.method == "lora",
+        "teacher.train.method",
+        "a quantized teacher (teacher.model.quantization) trains LoRA adapters only (QLoRA): set method=lora",
+    )
+    _check(
+        cfg.teacher.model.quantization is None
+        or cfg.algorithm.name != "grpo"
+        or cfg.algorithm.grpo.method == "lora",
+        "algorithm.grpo.method",
+        "a quantized teacher (teacher.model.quantization) trains LoRA adapters only (QLoRA): set method=lora",
+    )
     g = cfg.teacher.generation
     _check(g.num_edits >= 1, "teacher.generation.num_edits", "must be >= 1")
     _check(
@@ -826,6 +864,11 @@ def validate(cfg: Config) -> None:
         where = f"students[{i}]"
         _check(s.name not in ("", "???"), f"{where}.name", "give every student a unique name")
         _check_model(s.model, f"{where}.model")
+        _check(
+            s.model.quantization is None or s.adapt.method == "lora",
+            f"{where}.adapt.method",
+            "a quantized student (model.quantization) is adapted with LoRA only (QLoRA): set method=lora",
+        )
         a = s.adapt
         _check(a.method in ("lora", "full"), f"{where}.adapt.method", "use lora or full")
         _check(

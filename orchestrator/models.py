@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from orchestrator.config import ModelConfig, TinyModelSpec
+from orchestrator.distributed import launched
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,19 @@ def load_causal_lm(path: str, mc: ModelConfig, device: torch.device, where: str 
     ``where`` names the config field in errors (``students[0].model``)."""
     from transformers import AutoModelForCausalLM
 
+    if mc.device is not None:
+        if launched():
+            log.warning(
+                "%s.device=%s is ignored under the launcher: each rank uses its own device", where, mc.device
+            )
+        else:
+            device = resolve_device(mc.device)
+    extra: dict[str, Any] = {}
+    if mc.attn_implementation:
+        extra["attn_implementation"] = mc.attn_implementation
+    if mc.quantization:
+        extra["quantization_config"] = quantization_config(mc, where)
+        extra["device_map"] = {"": device}  # bitsandbytes places weights as it loads them; never .to() after
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path,
@@ -78,11 +92,37 @@ def load_causal_lm(path: str, mc: ModelConfig, device: torch.device, where: str 
             dtype=DTYPES[mc.dtype],
             trust_remote_code=mc.trust_remote_code,
             use_safetensors=None if mc.allow_pickle else True,  # pickle weights only when a config opts in
-            **({"attn_implementation": mc.attn_implementation} if mc.attn_implementation else {}),
+            **extra,
         )
     except Exception as exc:
         raise ModelLoadError(_load_hint("model", path, exc, where)) from None
-    return model.to(device)
+    return model if mc.quantization else model.to(device)
+
+
+def quantization_config(mc: ModelConfig, where: str | None = None) -> Any:
+    """transformers' ``BitsAndBytesConfig`` for ``mc.quantization``: 4bit is QLoRA's NF4 with double
+    quantization, computing in ``mc.dtype`` (bfloat16 for ``auto``/float32); 8bit is LLM.int8(). Raises
+    :class:`ModelLoadError` naming the field when bitsandbytes is not installed or no CUDA device is visible."""
+    import importlib.util
+
+    from transformers import BitsAndBytesConfig
+
+    field = f"{where or 'model'}.quantization={mc.quantization}"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelLoadError(
+            f"{field} needs bitsandbytes: pip install bitsandbytes (or set quantization=null)"
+        )
+    if not torch.cuda.is_available():
+        raise ModelLoadError(f"{field} needs a CUDA device (none is visible); set quantization=null on CPU")
+    if mc.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = DTYPES[mc.dtype] if mc.dtype in ("bfloat16", "float16") else torch.bfloat16
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
+    )
 
 
 def _load_hint(what: str, path: str, exc: Exception, where: str | None = None) -> str:

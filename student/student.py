@@ -146,11 +146,21 @@ class Student:
     # -- several edits -------------------------------------------------------------------------------------
     @property
     def edit_batch_size(self) -> int:
-        """Edits adapted together: ``adapt.edit_batch_size`` for LoRA without dropout; full fine-tuning and
-        LoRA with ``adapt.lora_dropout > 0`` go one at a time (the batched loop draws every edit's dropout masks
+        """Edits adapted together: ``adapt.edit_batch_size`` for LoRA without dropout; full fine-tuning, a
+        quantized base (``model.quantization``) and LoRA with ``adapt.lora_dropout > 0`` go one at a time (the batched loop draws every edit's dropout masks
         from one RNG stream, so an edit's masks would depend on the edits that share its batch)."""
         a = self.cfg.adapt
         if a.method != "lora":
+            return 1
+        if self.cfg.model.quantization and a.edit_batch_size > 1:
+            if not self._said_dropout:
+                log.info(
+                    "%s: adapting edits one at a time: the batched loop reads plain Linear weights, and "
+                    "model.quantization=%s stores them packed (peft's bitsandbytes layers adapt them instead)",
+                    self.name,
+                    self.cfg.model.quantization,
+                )
+                self._said_dropout = True
             return 1
         if a.lora_dropout > 0 and a.edit_batch_size > 1:
             if not self._said_dropout:
