@@ -268,6 +268,8 @@ examples:
   teachedit run --resume runs/default                 continue an interrupted run
   teachedit eval configs/real_cpu.yaml --data orchestrator/data/squad/passages.json --limit 40 --k 1
   teachedit config show teacher.generation            every setting with its default and help
+  teachedit config list                               the bundled configs, usable by name
+  teachedit push runs/default --to my-teacher         the trained teacher with a model card (or --repo-id)
 
 Each command takes a YAML config and key=value overrides (students.0.adapt.learning_rate=1e-4).
 `teachedit COMMAND --help` describes a command; docs/bad-inputs.md lists every error and fault."""
@@ -281,6 +283,17 @@ def cmd_config(args: argparse.Namespace) -> int:
     for key, type_name, default, help_text in rows:
         print(f"{key:<{width}}  {type_name} = {default}")
         print(f"{'':<{width}}  {help_text}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from orchestrator.hub import PushError, push
+
+    try:
+        where = push(args.run_dir, args.round, args.repo_id, args.to, args.adapter_only, args.private)
+    except PushError as exc:
+        raise ValueError(str(exc)) from None
+    print(f"teacher of {args.run_dir} written to {where} (with README.md, its model card)")
     return 0
 
 
@@ -387,6 +400,25 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
         "run trained it on (refused by default: such a score measures memorisation, not held-out skill)",
     )
     ev.set_defaults(fn=cmd_eval)
+
+    pu = sub.add_parser(
+        "push",
+        help="publish a run's trained teacher with a generated model card: to the hub, or to a local folder",
+    )
+    pu.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, e.g. runs/default")
+    pu.add_argument("--round", type=int, help="which teacher/round_<k> (default: the last saved)")
+    dest = pu.add_mutually_exclusive_group(required=True)
+    dest.add_argument(
+        "--repo-id", help="hub repository, e.g. you/teacher-seal (needs the network and a token)"
+    )
+    dest.add_argument("--to", metavar="DIR", help="write the files to this new local folder instead")
+    pu.add_argument(
+        "--adapter-only",
+        action="store_true",
+        help="the round's LoRA adapter only (teacher.train.method=lora)",
+    )
+    pu.add_argument("--private", action="store_true", help="create the hub repository as private")
+    pu.set_defaults(fn=cmd_push)
 
     conf = sub.add_parser("config", help="show every config setting with its type, default and help")
     conf_sub = conf.add_subparsers(dest="action", required=True)

@@ -192,7 +192,7 @@ def build_tiny(spec: TinyModelSpec, task: Any, cache_dir: Path) -> Path:
         records = [{"prompt": p, "completion": c} for p, c in docs]
         if spec.pretrain == "student":  # language modelling on everything: loss on prompts too
             records = [{"text": p + c} for p, c in docs]
-        sft_train(
+        model, _, _ = sft_train(
             model,
             tok,
             records,

@@ -24,6 +24,10 @@ class Teacher:
         self.model = model
         self.tok = tokenizer
         self.checkpoint = checkpoint
+        self.initial = str(getattr(model, "name_or_path", "") or "")  # what round_0 is: a path or hub id
+        self.adapter: Any = (
+            None  # the last LoRA update, kept beside the merged weights (teacher.train.method=lora)
+        )
         self.model.eval()
 
     @property
@@ -136,7 +140,8 @@ class Teacher:
                 raise ValueError(message)
             log.warning("%s; training on the other %d", message, len(fits))
         records = fits
-        self.model, loss = sft_train(
+        base = self.checkpoint
+        self.model, loss, self.adapter = sft_train(
             self.model,
             self.tok,
             records,
@@ -155,6 +160,8 @@ class Teacher:
             trainer_args=t.trainer_args,
             report=report,
         )
+        if self.adapter is not None:
+            self.adapter.base = self.initial if base == "round_0" else base
         return loss
 
     def save(self, directory: Path) -> None:
@@ -170,6 +177,12 @@ class Teacher:
         self.model.save_pretrained(tmp, safe_serialization=True)
         faults.point("checkpoint")
         self.tok.save_pretrained(tmp)
+        if self.adapter is not None:  # the LoRA update that made these weights, on its own (peft's format)
+            base = self.adapter.base
+            if base.startswith("round_"):
+                self.adapter.base = str((directory.parent / base).resolve())
+            self.adapter.save(tmp / "adapter")
+            self.adapter = None  # belongs to this checkpoint only
         if directory.exists():
             shutil.rmtree(directory)
         tmp.rename(directory)

@@ -3,9 +3,12 @@ tiny-model pretraining of :mod:`orchestrator.models` (one code path for both).""
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,6 +18,38 @@ log = logging.getLogger(__name__)
 
 class TrainingError(RuntimeError):
     """Teacher training failed (e.g. a non-finite loss). The message says what to change."""
+
+
+@dataclass
+class LoraAdapter:
+    """A trained LoRA adapter, kept when it is merged into the teacher: saved beside the merged weights in
+    peft's format (``adapter_config.json``, ``adapter_model.safetensors``), loadable with
+    ``PeftModel.from_pretrained(base, folder)`` on the checkpoint it was trained from (``base``)."""
+
+    config: Any  # peft.LoraConfig
+    state: dict[str, torch.Tensor]
+    base: str = ""  # the model it applies to: a path / hub id, or the run's previous round ("round_<k>")
+
+    def save(self, directory: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = copy.deepcopy(self.config)
+        config.base_model_name_or_path = self.base or config.base_model_name_or_path
+        config.save_pretrained(str(directory))
+        save_file(
+            {k: v.contiguous() for k, v in self.state.items()}, str(directory / "adapter_model.safetensors")
+        )
+
+
+def merge_lora(model: Any) -> tuple[Any, LoraAdapter]:
+    """Merge a peft LoRA model into its base, keeping the adapter (its config and weights, on CPU)."""
+    from peft import get_peft_model_state_dict
+
+    state = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model).items()}
+    config = copy.deepcopy(model.peft_config["default"])
+    return model.merge_and_unload(), LoraAdapter(config, state)
 
 
 def sft_train(
@@ -40,11 +75,12 @@ def sft_train(
     callbacks: list[Any] | None = None,
     trainer_args: dict[str, Any] | None = None,
     report: dict[str, Any] | None = None,
-) -> tuple[Any, float]:
+) -> tuple[Any, float, LoraAdapter | None]:
     """Train ``model`` on ``records`` (``{"prompt", "completion"}``: loss on completions only; ``{"text"}``:
     loss on all tokens; or pre-tokenized ``{"input_ids", "completion_mask"}``: loss where the mask is 1). ``report``: tracking fields (``report_to``, ``run_name``; see
-    :mod:`orchestrator.tracking`), under the user's ``trainer_args``. Returns ``(model, mean training loss)``; with ``method="lora"`` the adapter is merged
-    into the returned model so the caller always holds a plain ``PreTrainedModel``."""
+    :mod:`orchestrator.tracking`), under the user's ``trainer_args``. Returns ``(model, mean training loss, adapter)``; with ``method="lora"`` the adapter is
+    merged into the returned model so the caller always holds a plain ``PreTrainedModel``, and also returned
+    on its own (:class:`LoraAdapter`; None for full fine-tuning)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -109,19 +145,19 @@ def sft_train(
     loss = float(result.training_loss)
     if not math.isfinite(loss):
         raise TrainingError(f"teacher training loss is {loss}; lower teacher.train.learning_rate")
-    trained = trainer.model
+    trained, adapter = trainer.model, None
     if deepspeed is not None:
-        trained = release_deepspeed(trainer, method, device)
+        trained, adapter = release_deepspeed(trainer, method, device)
     elif method == "lora":
-        trained = trained.merge_and_unload()
+        trained, adapter = merge_lora(trained)
     trained.eval()
     del trainer
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return trained, loss
+    return trained, loss, adapter
 
 
-def release_deepspeed(trainer: Any, method: str, device: torch.device) -> Any:
+def release_deepspeed(trainer: Any, method: str, device: torch.device) -> tuple[Any, LoraAdapter | None]:
     """The trained weights as a plain model, free of DeepSpeed: ZeRO-3 partitions gathered on every rank
     (the teacher samples edits whole), a LoRA adapter merged, the engine destroyed, and transformers' global
     DeepSpeed config unset (else a later ``from_pretrained`` would start a collective ``zero.Init`` on one
@@ -129,10 +165,10 @@ def release_deepspeed(trainer: Any, method: str, device: torch.device) -> Any:
     import deepspeed
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-    model = trainer.model
+    model, adapter = trainer.model, None
     with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
         if method == "lora":
-            model = model.merge_and_unload()
+            model, adapter = merge_lora(model)
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     trainer.model_wrapped.destroy()
     trainer.accelerator.free_memory()
@@ -140,4 +176,4 @@ def release_deepspeed(trainer: Any, method: str, device: torch.device) -> Any:
     dtype = next(v.dtype for v in state.values() if v.is_floating_point())
     plain = type(model)(model.config).to(device=device, dtype=dtype)
     plain.load_state_dict(state)
-    return plain
+    return plain, adapter

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -60,6 +61,10 @@ def test_grpo_round_changes_the_teacher_and_logs_per_student_rewards(tmp_path, m
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed, "GRPO steps must change the teacher's weights"
     assert (ctx.rundir.teacher_dir(1) / "model.safetensors").is_file()
+    adapter = ctx.rundir.teacher_dir(1) / "adapter" / "adapter_config.json"
+    assert adapter.is_file() == (method == "lora"), "a LoRA update is also kept as its adapter"
+    if method == "lora":
+        assert json.loads(adapter.read_text())["base_model_name_or_path"] == ctx.initial_teacher
 
     # 2 steps x 2 contexts x 2 generations scored on the training contexts, 1 held-out context x 2 edits.
     records = ctx.rundir.edits(0)

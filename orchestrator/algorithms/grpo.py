@@ -154,7 +154,10 @@ class GRPO:
             try:
                 loss = float(trainer.train().training_loss)
             finally:
-                ctx.teacher.model = _plain_model(trainer, g.method)
+                ctx.teacher.model, ctx.teacher.adapter = _plain_model(trainer, g.method)
+                if ctx.teacher.adapter is not None:  # trained from the checkpoint the teacher holds now
+                    base = ctx.teacher.checkpoint
+                    ctx.teacher.adapter.base = ctx.teacher.initial if base == "round_0" else base
                 ctx.teacher.model.config._name_or_path = name_or_path
                 del trainer
         if not math.isfinite(loss):
@@ -260,22 +263,23 @@ class GRPO:
         pass
 
 
-def _plain_model(trainer: Any, method: str) -> Any:
-    """The trained teacher as a plain ``PreTrainedModel``: unwrapped, LoRA merged, TRL's patches removed."""
-    if trainer.is_deepspeed_enabled:  # under the launcher: ZeRO shards gathered, the engine's hooks gone
-        from teacher.training import release_deepspeed
+def _plain_model(trainer: Any, method: str) -> tuple[Any, Any]:
+    """The trained teacher as a plain ``PreTrainedModel`` (unwrapped, LoRA merged, TRL's patches removed) and
+    the LoRA adapter it merged (None for full fine-tuning)."""
+    from teacher.training import merge_lora, release_deepspeed
 
+    if trainer.is_deepspeed_enabled:  # under the launcher: ZeRO shards gathered, the engine's hooks gone
         return release_deepspeed(trainer, method, trainer.args.device)
-    model = trainer.accelerator.unwrap_model(trainer.model)
+    model, adapter = trainer.accelerator.unwrap_model(trainer.model), None
     if method == "lora":
-        model = model.merge_and_unload()
+        model, adapter = merge_lora(model)
     # GRPOTrainer replaces the instance's ``forward`` with a fused-LM-head wrapper (trl.trainer.utils.
     # add_fused_lm_head); it is transparent for generate(), but each round would wrap it again.
     model.__dict__.pop("forward", None)
     if getattr(model, "is_gradient_checkpointing", False):
         model.gradient_checkpointing_disable()
     model.eval()
-    return model
+    return model, adapter
 
 
 def _round_log(ctx: RunContext, round_index: int) -> Any:
