@@ -462,8 +462,9 @@ class JudgeConfig:
 
 @dataclass
 class DistillConfig:
-    """The logit-distillation baseline row of `teachedit sweep` (TRL's GKDTrainer; students sharing the
-    teacher's tokenizer only). The student's adapt section sets LoRA/full, learning rate, epochs, batch size."""
+    """The logit-distillation baseline row of `teachedit sweep`: TRL's GKDTrainer for students sharing the
+    teacher's tokenizer, TRL's GOLDTrainer (ULD loss) for the others. The student's adapt section sets
+    LoRA/full, learning rate, epochs, batch size."""
 
     enabled: bool = field(default=False, metadata={"help": "Add the distillation row to the sweep."})
     teacher: str = field(
@@ -483,10 +484,18 @@ class DistillConfig:
     )
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of on-policy steps."})
     max_new_tokens: int = field(default=64, metadata={"help": "Longest on-policy completion in tokens."})
+    cross_tokenizer: str = field(
+        default="gold",
+        metadata={
+            "help": "Students whose tokenizer differs from the teacher's: gold (TRL's GOLDTrainer with the ULD "
+            "loss, which aligns the two tokenizations of the same text) | skip (n/a in the table)"
+        },
+    )
     trainer_args: dict[str, Any] = field(
         default_factory=dict,
         metadata={
-            "help": "Any other field of TRL's GKDConfig for the distillation row (e.g. {warmup_steps: 5})."
+            "help": "Any other field of TRL's GKDConfig (and GOLDConfig, for students on another tokenizer) for "
+            "the distillation row (e.g. {warmup_steps: 5})."
         },
     )
 

@@ -83,11 +83,17 @@ def check_sweep(cfg: Config) -> None:
         _check_source("sweep.distill.teacher", DISTILL, s.distill.teacher, teacher_only=True)
         if not 0 <= s.distill.beta <= 1 or not 0 <= s.distill.lmbda <= 1:
             raise ConfigError("sweep.distill.beta and sweep.distill.lmbda must be in [0, 1]")
+        if s.distill.cross_tokenizer not in ("gold", "skip"):
+            raise ConfigError("sweep.distill.cross_tokenizer: use gold or skip")
         if s.distill.trainer_args:
             from orchestrator import trl_args
-            from student.distill import gkd_config_class
+            from student.distill import gkd_config_class, gold_config_class
 
             trl_args.check(gkd_config_class(), s.distill.trainer_args, "sweep.distill.trainer_args")
+            if s.distill.cross_tokenizer == "gold":
+                trl_args.check(
+                    gold_config_class(), s.distill.trainer_args, "sweep.distill.trainer_args (GOLDConfig)"
+                )
     unknown = [n for n in s.students if n not in names]
     if unknown:
         raise ConfigError(f"sweep.students: {unknown} are not in students ({names})")
@@ -328,11 +334,13 @@ class Sweep:
         from orchestrator.models import load_tokenizer, resolve_model_path
         from student.distill import shares_vocabulary
 
+        if self.cfg.sweep.distill.cross_tokenizer == "gold":
+            return None  # another tokenizer: GOLD's ULD loss
         path = resolve_model_path(sc.model, "student", self.task, self.cfg.run.cache_dir)
         tpath = src.path or self.teacher_path()
         if shares_vocabulary(load_tokenizer(path, sc.model), load_tokenizer(tpath, self._teacher_mc(tpath))):
             return None
-        return "tokenizer differs from the teacher's (logit distillation needs a shared vocabulary)"
+        return "tokenizer differs from the teacher's (sweep.distill.cross_tokenizer=skip)"
 
     def _teacher_mc(self, path: str) -> ModelConfig:
         return dataclasses.replace(self.cfg.teacher.model, path=path, tiny=None)
@@ -465,17 +473,25 @@ class Sweep:
         base: BaseAnswers,
     ) -> UpdateResult:
         from orchestrator.protocols.common import answer_questions
-        from student.distill import distilled
+        from student.distill import distilled, shares_vocabulary
         from student.student import EditError
 
         started = time.time()
         ids = [c.id for c in group]
         seed = update_seed(settings.run_seed, name, student.name, step, ids)
         teacher = self._distill_teacher
+        # another tokenizer: GOLD's ULD loss, reading the teacher's tokenizer from its folder
+        cross = None if shares_vocabulary(student.tok, teacher.tok) else teacher.tok.name_or_path
         loss, error = None, None
         try:
             with distilled(
-                student, teacher.model, examples, self.cfg.sweep.distill, seed, not teacher.uses_chat_template
+                student,
+                teacher.model,
+                examples,
+                self.cfg.sweep.distill,
+                seed,
+                not teacher.uses_chat_template,
+                teacher_tokenizer=cross,
             ) as loss:
                 answers = answer_questions(student, group)
         except EditError as exc:

@@ -1,4 +1,6 @@
-"""Logit distillation of a student from a teacher that shares its tokenizer (the sweep's baseline row).
+"""Logit distillation of a student from a teacher (the sweep's baseline row): TRL's ``GKDTrainer`` when the
+student shares the teacher's tokenizer, TRL's ``GOLDTrainer`` with its ULD loss (Universal Logit Distillation,
+which aligns the two tokenizations of the same text) when it does not.
 
 TRL's ``GKDTrainer`` (in ``trl.experimental``: ``DistillationTrainer`` only trains on completions the student
 samples itself, while the baseline here learns the teacher's distribution on the teacher's own edits) trains the student to match the teacher's full next-token distribution (generalized
@@ -58,12 +60,70 @@ def build_rows(
         rows.append(
             {
                 "prompt": ex.prompt,
+                "completion": ex.completion,  # the text, for GOLD (it tokenizes for both tokenizers itself)
                 "input_ids": p + c,
                 "attention_mask": [1] * (len(p) + len(c)),
                 "completion_mask": [0] * len(p) + [1] * len(c),
             }
         )
     return rows
+
+
+def gold_config_class() -> type:
+    """TRL's ``GOLDConfig`` (an experimental module: its warning is silenced)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*trl.experimental.*")
+        from trl.experimental.gold import GOLDConfig
+
+    return GOLDConfig
+
+
+def gold_args(
+    adapt: Any,
+    dcfg: DistillConfig,
+    seed: int,
+    on_cpu: bool,
+    workdir: str,
+    teacher_tokenizer: str,
+    n_rows: int,
+) -> Any:
+    """GOLDConfig for a student on another tokenizer: the same inner-loop settings as :func:`gkd_args`, with
+    the ULD loss reading the teacher's tokenizer from ``teacher_tokenizer`` (a folder or hub id). The batch is
+    at most ``n_rows``: GOLD's sampler yields no batch at all from fewer rows than a batch (GKD takes one
+    partial batch; the same step)."""
+    from orchestrator import trl_args
+
+    defaults = dict(
+        output_dir=workdir,
+        learning_rate=adapt.learning_rate,
+        per_device_train_batch_size=max(1, min(adapt.batch_size, n_rows)),
+        num_train_epochs=adapt.epochs,
+        max_length=adapt.max_length,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=adapt.max_grad_norm,
+        seed=seed,
+        data_seed=seed,
+        use_cpu=on_cpu,
+        bf16=False if on_cpu else None,
+        gradient_checkpointing=False,
+        disable_dropout=False,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=1,
+        disable_tqdm=True,
+        lmbda=dcfg.lmbda,
+        beta=dcfg.beta,
+        seq_kd=dcfg.seq_kd,
+        temperature=dcfg.temperature,
+        max_completion_length=dcfg.max_new_tokens,
+        use_uld_loss=True,
+        teacher_tokenizer_name_or_path=teacher_tokenizer,
+        remove_unused_columns=False,
+    )
+    return trl_args.build(gold_config_class(), defaults, dcfg.trainer_args, "sweep.distill.trainer_args")
 
 
 def gkd_config_class() -> type:
@@ -118,26 +178,37 @@ def gkd_args(adapt: Any, dcfg: DistillConfig, seed: int, on_cpu: bool, workdir: 
 
 
 def _train(
-    student: Any, teacher_model: Any, rows: list[dict[str, Any]], dcfg: DistillConfig, seed: int
+    student: Any,
+    teacher_model: Any,
+    rows: list[dict[str, Any]],
+    dcfg: DistillConfig,
+    seed: int,
+    teacher_tokenizer: str | None = None,
 ) -> float:
     import warnings
 
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
 
-    with warnings.catch_warnings():  # GKD lives in trl.experimental on purpose (see the module docstring)
+    with warnings.catch_warnings():  # GKD and GOLD live in trl.experimental (see the module docstring)
         warnings.filterwarnings("ignore", message=".*trl.experimental.*")
         from trl.experimental.gkd import GKDTrainer
+        from trl.experimental.gold import GOLDTrainer
 
     from orchestrator.protocols.continual import lora_config
 
     a = student.cfg.adapt
     on_cpu = next(student.model.parameters()).device.type == "cpu"
     with tempfile.TemporaryDirectory(prefix="teachedit-gkd-") as workdir:
-        trainer = GKDTrainer(
+        if teacher_tokenizer is None:
+            cls, args = GKDTrainer, gkd_args(a, dcfg, seed, on_cpu, workdir)
+        else:  # GOLD tokenizes the text itself, for the student and (ULD) for the teacher
+            cls, args = GOLDTrainer, gold_args(a, dcfg, seed, on_cpu, workdir, teacher_tokenizer, len(rows))
+            rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
+        trainer = cls(
             model=student.model,
             teacher_model=teacher_model,
-            args=gkd_args(a, dcfg, seed, on_cpu, workdir),
+            args=args,
             train_dataset=Dataset.from_list(rows),
             processing_class=student.tok,
             peft_config=lora_config(a, student.model_type) if a.method == "lora" else None,
@@ -157,10 +228,12 @@ def distilled(
     dcfg: DistillConfig,
     seed: int,
     add_special_tokens: bool = True,
+    teacher_tokenizer: str | None = None,
 ) -> Iterator[float]:
     """Inside, ``student`` is distilled from ``teacher_model`` on ``examples`` (yields the training loss); on
-    exit (also on error) it is the base again, bit for bit. Raises :class:`EditError` on a non-finite loss
-    or unusable examples (the student is restored first)."""
+    exit (also on error) it is the base again, bit for bit. ``teacher_tokenizer`` (the teacher's folder or hub
+    id) marks a student on another tokenizer: GOLD's ULD loss instead of GKD's. Raises :class:`EditError` on
+    a non-finite loss or unusable examples (the student is restored first)."""
     rows = build_rows(student.tok, examples, student.cfg.adapt.max_length, add_special_tokens)
     torch.manual_seed(seed)
     base = student.model
@@ -171,7 +244,7 @@ def distilled(
             p.requires_grad_(True)
     try:
         try:
-            loss = _train(student, teacher_model, rows, dcfg, seed)
+            loss = _train(student, teacher_model, rows, dcfg, seed, teacher_tokenizer)
         except ValueError as exc:  # e.g. TRL's collator: no prompt token left after truncation
             raise EditError(f"distillation failed: {exc}") from None
         if not math.isfinite(loss):

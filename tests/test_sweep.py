@@ -76,15 +76,19 @@ def test_sweep_2x2_distill_row_and_cache(sweep_cfg, tmp_path, capsys):
     args = ["sweep", str(cfg_path), f"run.output_dir={tmp_path}", "sweep.name=sw"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "7 cell(s) computed, 0 reused" in printed  # 2 base + 2x2 + distill for llama-tt only
+    assert (
+        "8 cell(s) computed, 0 reused" in printed
+    )  # 2 base + 2x2 + distill (GKD for llama-tt, GOLD for gpt2-s)
     out = tmp_path / "sw"
     report = json.loads((out / "sweep.json").read_text())
     by = {(e["source"], e["student"]): e for e in report["cells"]}
     assert sorted(by) == sorted(
         (s, st) for s in ("passage", "gpt-4.1", "distill") for st in ("llama-tt", "gpt2-s")
     )
-    assert "tokenizer differs" in by[("distill", "gpt2-s")]["skipped"]
-    assert by[("distill", "llama-tt")]["n_updates"] == 2 and by[("distill", "llama-tt")]["n_failed"] == 0
+    for st in ("llama-tt", "gpt2-s"):  # gpt2-s has its own tokenizer: distilled through GOLD's ULD loss
+        assert by[("distill", st)]["n_updates"] == 2 and by[("distill", st)]["n_failed"] == 0, by[
+            ("distill", st)
+        ]
     # The gain is the per-passage score of the cell minus the base's, averaged over passages (recomputed here
     # from the cached answers); the base is the untouched student's own score.
     cells = {
@@ -114,13 +118,20 @@ def test_sweep_2x2_distill_row_and_cache(sweep_cfg, tmp_path, capsys):
     before = _cells(out)
     edits_before = {p: p.stat().st_mtime_ns for p in (out / "edits").glob("*.json")}
     assert main(args) == 0
-    assert "0 cell(s) computed, 7 reused" in capsys.readouterr().out
+    assert "0 cell(s) computed, 8 reused" in capsys.readouterr().out
     assert _cells(out) == before
     assert {p: p.stat().st_mtime_ns for p in (out / "edits").glob("*.json")} == edits_before
 
     # Changing one student recomputes only that student's cells.
     assert main([*args, "students.2.adapt.epochs=3"]) == 0
-    assert "3 cell(s) computed, 4 reused" in capsys.readouterr().out
+    assert "4 cell(s) computed, 4 reused" in capsys.readouterr().out
+
+    # cross_tokenizer=skip: a student on another tokenizer gets n/a (with the reason) in the distillation row.
+    assert main([*args, "students.2.adapt.epochs=3", "sweep.distill.cross_tokenizer=skip"]) == 0
+    by = {(e["source"], e["student"]): e for e in json.loads((out / "sweep.json").read_text())["cells"]}
+    assert (
+        "tokenizer differs" in by[("distill", "gpt2-s")]["skipped"] and "gain" in by[("distill", "llama-tt")]
+    )
 
 
 def _load(path: Path) -> dict:
@@ -178,6 +189,39 @@ def test_distillation_changes_the_student_and_restores_it(sweep_cfg, method):
     with torch.no_grad():
         assert torch.equal(student.model(**probe).logits, logits)
     assert isinstance(student, Student)
+
+
+def test_cross_tokenizer_distillation_through_gold_changes_the_student_and_restores_it(sweep_cfg):
+    """A student with its own tokenizer (gpt2-s) distilled from the teacher by TRL's GOLDTrainer (ULD loss):
+    the student moves inside, and is bit-exactly the base afterwards."""
+    from orchestrator.models import load_causal_lm, load_tokenizer
+    from orchestrator.sweep import Sweep
+    from student.distill import DistillExample, distilled, shares_vocabulary
+
+    sweep = Sweep(sweep_cfg, Path("unused"))
+    sc = next(s for s in sweep.students() if s.name == "gpt2-s")
+    sc.adapt.epochs = 2
+    student = sweep._load_student(sc)
+    tpath = sweep.teacher_path()
+    assert not shares_vocabulary(student.tok, load_tokenizer(tpath, sweep_cfg.teacher.model))
+    teacher = load_causal_lm(tpath, sweep_cfg.teacher.model, torch.device("cpu"))
+    before = {k: v.clone() for k, v in student.model.state_dict().items()}
+    probe = student.tok("Q: Who wrote it? A:", return_tensors="pt")
+    with torch.no_grad():
+        logits = student.model(**probe).logits
+    examples = [
+        DistillExample("Passage: The Normans lived in Normandy.\nImplications:\n", "They were French.")
+    ] * 2
+    with distilled(
+        student, teacher, examples, DistillConfig(enabled=True), seed=3, teacher_tokenizer=tpath
+    ) as loss:
+        assert loss > 0
+        with torch.no_grad():
+            assert not torch.allclose(student.model(**probe).logits, logits)
+    after = student.model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
+    with torch.no_grad():
+        assert torch.equal(student.model(**probe).logits, logits)
 
 
 def test_held_out_transfer_across_pools(sweep_cfg, tmp_path, capsys):
