@@ -271,7 +271,7 @@ examples:
   teachedit config list                               the bundled configs, usable by name
   teachedit push runs/default --to my-teacher         the trained teacher with a model card (or --repo-id)
 
-Each command takes a YAML config and key=value overrides (students.0.adapt.learning_rate=1e-4).
+Each command takes a YAML config (or a bundled config's name: default, real_cpu, ...) and key=value overrides (students.0.adapt.learning_rate=1e-4).
 `teachedit COMMAND --help` describes a command; docs/bad-inputs.md lists every error and fault."""
 
 
@@ -420,7 +420,10 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
     pu.add_argument("--private", action="store_true", help="create the hub repository as private")
     pu.set_defaults(fn=cmd_push)
 
-    conf = sub.add_parser("config", help="show every config setting with its type, default and help")
+    conf = sub.add_parser(
+        "config",
+        help="every config setting with its type, default and help (show); the bundled configs (list)",
+    )
     conf_sub = conf.add_subparsers(dest="action", required=True)
     show = conf_sub.add_parser("show", help="print the settings (all, or those under SECTION)")
     show.add_argument("section", nargs="?", help="e.g. teacher, teacher.generation, students, reward")
