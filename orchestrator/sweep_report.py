@@ -161,7 +161,9 @@ def write_reports(
         "pools": dict(cfg.sweep.pools),
         "transfer": pools,
     }
-    rd.write_json("sweep.json", json_safe(report))
+    from orchestrator.provenance import provenance
+
+    rd.write_json("sweep.json", json_safe({**report, "provenance": provenance()}))
     table = markdown(report)
     rd.write_text("sweep.md", table)
     plot_heatmap(report, rd.path / "heatmap.png")

@@ -81,6 +81,7 @@ def test_sweep_2x2_distill_row_and_cache(sweep_cfg, tmp_path, capsys):
     )  # 2 base + 2x2 + distill (GKD for llama-tt, GOLD for gpt2-s)
     out = tmp_path / "sw"
     report = json.loads((out / "sweep.json").read_text())
+    assert set(report["provenance"]) >= {"versions", "git", "command"}
     by = {(e["source"], e["student"]): e for e in report["cells"]}
     assert sorted(by) == sorted(
         (s, st) for s in ("passage", "gpt-4.1", "distill") for st in ("llama-tt", "gpt2-s")
