@@ -126,6 +126,37 @@ def test_real_loop_quick(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_real_teacher_pair_quick(tmp_path):
+    """`QUICK=1 bash benchmarks/real_teacher_pair.sh`: the loop, both teachers' edits, the eval and the paired
+    table, end to end on the real SmolLM2, into a scratch folder."""
+    import os
+    import subprocess
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "QUICK": "1",
+        "RUNS": str(tmp_path / "runs"),
+        "PY": sys.executable,
+        "TE": str(bin_dir / "teachedit"),
+        "OMP_NUM_THREADS": "1",
+    }
+    run = subprocess.run(
+        ["bash", "benchmarks/real_teacher_pair.sh", "q"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = tmp_path / "runs" / "benchmarks"
+    loop = json.loads((out / "real_teacher_q_loop.json").read_text())
+    assert [r["round"] for r in loop["runs"][0]["rounds"]] == [0, 1]
+    table = json.loads((out / "real_teacher_q.json").read_text())
+    pair = table["pairs"]["smollm2"]
+    assert (pair["a"], pair["b"], pair["passages"]) == ("trained", "untrained", 2) and finite(pair["logprob"])
+    rows = {r["source"] for r in table["students"]["smollm2"]}
+    assert rows == {"base", "passage", "trained", "untrained"}
+
+
+@pytest.mark.slow
 def test_inner_loop_real_quick(tmp_path, capsys):
     """`inner_loop.py --real --quick` on SmolLM2 alone, E = 1 and 2: the speedup line comes last."""
     out = tmp_path / "inner_loop_real.json"
