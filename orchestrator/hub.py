@@ -173,10 +173,18 @@ def model_card(run_dir: Path, round_index: int, adapter_only: bool) -> str:
             "model = AutoModelForCausalLM.from_pretrained(REPO_OR_FOLDER)",
             "```",
         ]
+    from teacher.prompts import PROMPT_FORMATS
+
+    fmt = str(teacher.get("prompt_format"))
+    template = (teacher.get("prompt_formats") or {}).get(fmt) or PROMPT_FORMATS.get(fmt)
     lines += [
         "",
-        f"Prompt it as it was trained: teachedit's `{teacher.get('prompt_format')}` prompt format "
-        "(`teacher/prompts.py`), through the chat template when the tokenizer has one.",
+        f"Prompt it as it was trained: teachedit's `{fmt}` prompt format, `{{title}}` and `{{context}}` filled "
+        "with the passage, through the chat template when the tokenizer has one (as the user turn):",
+        "",
+        "```text",
+        str(template).rstrip("\n") if template else "(format not found)",
+        "```",
     ]
     prov = summary.get("provenance") or {}
     if prov:

@@ -68,6 +68,7 @@ def test_push_to_a_folder_writes_the_weights_and_a_model_card(lora_run, tmp_path
         assert f"{m['heldout_mean_reward']:+.4f} ± {m['heldout_sem']:.4f}" in card
     assert "| 1 **(this model)** |" in card and "| llama-t |" in card and "| gpt2-t |" in card
     assert "Reward: `accuracy_gain` on `em`" in card and "## Provenance" in card
+    assert "```text\nPassage: {context}\nNotes:\n```" in card, "the smoke teacher's prompt template, verbatim"
 
 
 def test_push_adapter_only(lora_run, tmp_path):
