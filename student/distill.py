@@ -69,86 +69,32 @@ def build_rows(
     return rows
 
 
-def gold_config_class() -> type:
-    """TRL's ``GOLDConfig`` (an experimental module: its warning is silenced)."""
+def _experimental(module: str, name: str) -> type:
+    """A config class of TRL's ``trl.experimental`` (its import warning silenced)."""
+    import importlib
     import warnings
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*trl.experimental.*")
-        from trl.experimental.gold import GOLDConfig
-
-    return GOLDConfig
-
-
-def gold_args(
-    adapt: Any,
-    dcfg: DistillConfig,
-    seed: int,
-    on_cpu: bool,
-    workdir: str,
-    teacher_tokenizer: str,
-    n_rows: int,
-) -> Any:
-    """GOLDConfig for a student on another tokenizer: the same inner-loop settings as :func:`gkd_args`, with
-    the ULD loss reading the teacher's tokenizer from ``teacher_tokenizer`` (a folder or hub id). The batch is
-    at most ``n_rows``: GOLD's sampler yields no batch at all from fewer rows than a batch (GKD takes one
-    partial batch; the same step)."""
-    from orchestrator import trl_args
-
-    defaults = dict(
-        output_dir=workdir,
-        learning_rate=adapt.learning_rate,
-        per_device_train_batch_size=max(1, min(adapt.batch_size, n_rows)),
-        num_train_epochs=adapt.epochs,
-        max_length=adapt.max_length,
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        max_grad_norm=adapt.max_grad_norm,
-        seed=seed,
-        data_seed=seed,
-        use_cpu=on_cpu,
-        bf16=False if on_cpu else None,
-        gradient_checkpointing=False,
-        disable_dropout=False,
-        save_strategy="no",
-        report_to="none",
-        logging_steps=1,
-        disable_tqdm=True,
-        lmbda=dcfg.lmbda,
-        beta=dcfg.beta,
-        seq_kd=dcfg.seq_kd,
-        temperature=dcfg.temperature,
-        max_completion_length=dcfg.max_new_tokens,
-        use_uld_loss=True,
-        teacher_tokenizer_name_or_path=teacher_tokenizer,
-        remove_unused_columns=False,
-    )
-    return trl_args.build(gold_config_class(), defaults, dcfg.trainer_args, "sweep.distill.trainer_args")
+        return getattr(importlib.import_module(f"trl.experimental.{module}"), name)
 
 
 def gkd_config_class() -> type:
-    """TRL's ``GKDConfig`` (an experimental module: its warning is silenced)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*trl.experimental.*")
-        from trl.experimental.gkd import GKDConfig
-
-    return GKDConfig
+    """TRL's ``GKDConfig``."""
+    return _experimental("gkd", "GKDConfig")
 
 
-def gkd_args(adapt: Any, dcfg: DistillConfig, seed: int, on_cpu: bool, workdir: str) -> Any:
-    """GKDConfig mirroring the student's inner loop: constant learning rate, no weight decay, its epochs,
-    batch size, length and gradient clipping."""
-    import warnings
+def gold_config_class() -> type:
+    """TRL's ``GOLDConfig``."""
+    return _experimental("gold", "GOLDConfig")
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*trl.experimental.*")
-        from trl.experimental.gkd import GKDConfig
 
-    from orchestrator import trl_args
-
-    defaults = dict(
+def _inner_loop_fields(
+    adapt: Any, dcfg: DistillConfig, seed: int, on_cpu: bool, workdir: str
+) -> dict[str, Any]:
+    """What GKD and GOLD share, mirroring the student's inner loop: constant learning rate, no weight decay, its
+    epochs, batch size, length and gradient clipping; the distillation settings of ``sweep.distill``."""
+    return dict(
         output_dir=workdir,
         learning_rate=adapt.learning_rate,
         per_device_train_batch_size=adapt.batch_size,
@@ -171,10 +117,43 @@ def gkd_args(adapt: Any, dcfg: DistillConfig, seed: int, on_cpu: bool, workdir: 
         beta=dcfg.beta,
         seq_kd=dcfg.seq_kd,
         temperature=dcfg.temperature,
-        max_new_tokens=dcfg.max_new_tokens,
         remove_unused_columns=False,
     )
-    return trl_args.build(GKDConfig, defaults, dcfg.trainer_args, "sweep.distill.trainer_args")
+
+
+def gkd_args(adapt: Any, dcfg: DistillConfig, seed: int, on_cpu: bool, workdir: str) -> Any:
+    """GKDConfig for a student that shares the teacher's tokenizer (:func:`_inner_loop_fields`)."""
+    from orchestrator import trl_args
+
+    defaults = {
+        **_inner_loop_fields(adapt, dcfg, seed, on_cpu, workdir),
+        "max_new_tokens": dcfg.max_new_tokens,
+    }
+    return trl_args.build(gkd_config_class(), defaults, dcfg.trainer_args, "sweep.distill.trainer_args")
+
+
+def gold_args(
+    adapt: Any,
+    dcfg: DistillConfig,
+    seed: int,
+    on_cpu: bool,
+    workdir: str,
+    teacher_tokenizer: str,
+    n_rows: int,
+) -> Any:
+    """GOLDConfig for a student on another tokenizer: the same fields, with the ULD loss reading the teacher's
+    tokenizer from ``teacher_tokenizer`` (a folder or hub id). The batch is at most ``n_rows``: GOLD's sampler
+    yields no batch at all from fewer rows than a batch (GKD takes one partial batch; the same step)."""
+    from orchestrator import trl_args
+
+    defaults = {
+        **_inner_loop_fields(adapt, dcfg, seed, on_cpu, workdir),
+        "per_device_train_batch_size": max(1, min(adapt.batch_size, n_rows)),
+        "max_completion_length": dcfg.max_new_tokens,
+        "use_uld_loss": True,
+        "teacher_tokenizer_name_or_path": teacher_tokenizer,
+    }
+    return trl_args.build(gold_config_class(), defaults, dcfg.trainer_args, "sweep.distill.trainer_args")
 
 
 def _train(
