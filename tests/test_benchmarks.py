@@ -57,6 +57,18 @@ def test_seal_table_summarises_an_eval_directory(tmp_path, capsys):
     want = rows["edits_gpt4_1"]["logprob_vs_passage"]
     assert pair["logprob"] == pytest.approx(want, abs=1e-9)
     assert "edits_gpt4_1 − passage over 3 passages" in capsys.readouterr().out
+    # eval_timing.py on the same directory: every update counted, none left to project
+    timing = tmp_path / "timing.json"
+    script("eval_timing").main([str(tmp_path / "ev"), "--out", str(timing)])
+    t = json.loads(timing.read_text())
+    records = [json.loads(x) for x in (tmp_path / "ev" / "updates.jsonl").read_text().splitlines()]
+    s = t["students"]["llama-t"]
+    assert s["updates_done"] == s["updates_planned"] == 3 * 2  # passage + one edit, 3 passages
+    assert s["update_seconds_sum"] == pytest.approx(
+        sum(r["seconds"] for r in records if r["source"] != "base")
+    )
+    assert t["complete"] and t["projected_remaining_seconds"] == 0.0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("eval_minutes: ")
 
 
 @pytest.mark.slow
