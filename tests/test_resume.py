@@ -216,7 +216,9 @@ def test_signal_stops_cleanly_and_resume_gives_the_uninterrupted_records(referen
     run = tmp_path / "preempted"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     env.pop(faults.ENV, None)
-    env[faults.PAUSE_ENV] = "adapt:0.2"  # slow enough that it surely still runs when signalled
+    # slow enough that it surely still runs when signalled, also when the second writer below takes long to
+    # start on a loaded machine (at 0.2 s the whole run once finished first, under three other jobs)
+    env[faults.PAUSE_ENV] = "adapt:1.0"
     args = [str(CONFIGS / "smoke.yaml"), *TINY, f"run.output_dir={tmp_path}", "run.name=preempted"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "run", *args],
