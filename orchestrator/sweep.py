@@ -457,8 +457,14 @@ class Sweep:
             plan = [(i, [c], [ex]) for c in contexts for i, ex in enumerate(examples([c]))]
         else:
             plan = [(g, group, examples(group)) for g, group in enumerate(groups(contexts, settings.n))]
+        from student.distill import shares_vocabulary
+
+        # another tokenizer: GOLD's ULD loss, reading the teacher's tokenizer from its folder (compared once per
+        # cell: building both vocabularies costs ~0.1 s for a 262k-token tokenizer)
+        teacher = self._distill_teacher
+        cross = None if shares_vocabulary(student.tok, teacher.tok) else teacher.tok.name_or_path
         return [
-            self._distill_update(student, src.name, step, group, exs, settings, base)
+            self._distill_update(student, src.name, step, group, exs, settings, base, cross)
             for step, group, exs in plan
         ]
 
@@ -471,17 +477,16 @@ class Sweep:
         examples: list[Any],
         settings: Settings,
         base: BaseAnswers,
+        cross: str | None,
     ) -> UpdateResult:
         from orchestrator.protocols.common import answer_questions
-        from student.distill import distilled, shares_vocabulary
+        from student.distill import distilled
         from student.student import EditError
 
         started = time.time()
         ids = [c.id for c in group]
         seed = update_seed(settings.run_seed, name, student.name, step, ids)
         teacher = self._distill_teacher
-        # another tokenizer: GOLD's ULD loss, reading the teacher's tokenizer from its folder
-        cross = None if shares_vocabulary(student.tok, teacher.tok) else teacher.tok.name_or_path
         loss, error = None, None
         try:
             with distilled(
