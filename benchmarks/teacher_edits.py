@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, [*args.overrides, f"teacher.generation.num_edits={args.k}"])
     req = EvalRequest(data=args.data, limit=args.limit, skip=args.skip, sources=["teacher"])
+    # Only the teacher runs here: the config's students are neither loaded nor checked (so a config naming
+    # Gemma-3-270M works where only SmolLM2 is installed, as in CI).
+    cfg.students = []
     plan = plan_eval(cfg, req)  # the same checks as eval (e.g. a trained teacher on its own passages)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
