@@ -43,7 +43,7 @@ QUICK_SPEC = {**SPEC, "hidden_size": 256, "num_layers": 5, "num_heads": 4, "inte
 
 
 def student_config(quick: bool = False):
-    from orchestrator.config import AdaptConfig, ModelConfig, StudentConfig, TinyModelSpec
+    from core.config import AdaptConfig, ModelConfig, StudentConfig, TinyModelSpec
 
     return StudentConfig(
         name="bench-5m" if quick else "bench-30m",
@@ -63,9 +63,10 @@ def peak_rss_bytes() -> int:
 def worker(cache_dir: str, out: Path, quick: bool = False) -> None:
     import torch
 
-    from orchestrator.config import TaskConfig
-    from orchestrator.distributed import all_gather, init_from_launcher
-    from orchestrator.models import load_tokenizer, resolve_model_path
+    from core.config import TaskConfig
+    from core.distributed import all_gather, init_from_launcher
+    from core.models import load_tokenizer
+    from orchestrator.models import resolve_model_path
     from orchestrator.tasks import build_task
     from student.distributed import load_sharded_student
 
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         worker(args.cache_dir, args.out, args.quick)
         return
-    from orchestrator.config import TaskConfig
+    from core.config import TaskConfig
     from orchestrator.models import resolve_model_path
     from orchestrator.tasks import build_task
 

@@ -73,7 +73,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from orchestrator.config import (  # noqa: E402
+from core.config import (  # noqa: E402
     AdaptConfig,
     Config,
     ModelConfig,
@@ -81,6 +81,7 @@ from orchestrator.config import (  # noqa: E402
     TinyModelSpec,
     load_config,
 )
+from core.records import Context  # noqa: E402
 from orchestrator.models import (  # noqa: E402
     load_causal_lm,
     load_tokenizer,
@@ -90,12 +91,12 @@ from orchestrator.models import (  # noqa: E402
     train_tokenizer,
 )
 from orchestrator.provenance import provenance  # noqa: E402
-from orchestrator.records import Context  # noqa: E402
 from orchestrator.tasks.squad import SquadTask, bundled_path, load_seal_json  # noqa: E402
 from orchestrator.tasks.synthetic import SyntheticTask  # noqa: E402
+from student.lifecycle import lora_config  # noqa: E402
 from student.scoring import score_context  # noqa: E402
 from student.sequences import IGNORE, encode_item  # noqa: E402
-from student.student import Student, lora_config  # noqa: E402
+from student.student import Student  # noqa: E402
 from teacher.model import Teacher  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent

@@ -24,7 +24,7 @@ import logging
 import time
 from pathlib import Path
 
-from orchestrator.config import load_config
+from core.config import load_config
 from orchestrator.provenance import provenance
 from orchestrator.runner import Runner
 

@@ -17,21 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
+from core.stats import mean_sem
 from orchestrator.provenance import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("em", "f1", "logprob")
 SEAL = {"base": 32.7, "passage": 33.5, "edits_qwen2.5-7b": 39.7, "edits_gpt4_1": 46.3}
-
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mu = sum(values) / n
-    se = math.sqrt(sum((v - mu) ** 2 for v in values) / (n - 1) / n) if n > 1 else 0.0
-    return mu, se
 
 
 def passage_means(records: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
@@ -68,7 +61,7 @@ def paired(eval_dir: Path, a: str, b: str) -> dict:
         row: dict = {"a": a, "b": b, "passages": len(common)}
         for m in METRICS:
             d = [means[a][c][m] - means[b][c][m] for c in common]
-            row[m], row[f"{m}_se"] = mean_se(d)
+            row[m], row[f"{m}_se"] = mean_sem(d)
             row[f"{m}_wins"] = sum(x > 0 for x in d)
         out[student] = row
     return out
@@ -89,11 +82,11 @@ def summarise(eval_dir: Path) -> dict:
             row["updates"] = sum(1 for r in mine if r["source"] == source and (r["n_items"] or r["error"]))
             row["failed"] = sum(1 for r in mine if r["source"] == source and r["error"])
             for m in METRICS:
-                row[m], row[f"{m}_se"] = mean_se([means[source][c][m] for c in common])
+                row[m], row[f"{m}_se"] = mean_sem([means[source][c][m] for c in common])
                 for ref in ("base", "passage"):
                     if ref in means and source != ref:
                         d = [means[source][c][m] - means[ref][c][m] for c in common]
-                        row[f"{m}_vs_{ref}"], row[f"{m}_vs_{ref}_se"] = mean_se(d)
+                        row[f"{m}_vs_{ref}"], row[f"{m}_vs_{ref}_se"] = mean_sem(d)
             rows.append(row)
         result["students"][student] = rows
     return result

@@ -17,8 +17,8 @@ import json
 import logging
 from pathlib import Path
 
-from orchestrator.config import load_config
-from orchestrator.models import resolve_device
+from core.config import load_config
+from core.models import resolve_device
 from orchestrator.protocols import EvalRequest, plan_eval
 from orchestrator.protocols.evaluate import teacher_source
 from orchestrator.provenance import provenance

@@ -48,8 +48,8 @@ def _quiet_libraries() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from orchestrator.config import load_config
-    from orchestrator.distributed import init_from_launcher, launched
+    from core.config import load_config
+    from core.distributed import init_from_launcher, launched
     from orchestrator.report import round_table
     from orchestrator.rundir import INTERRUPTED
     from orchestrator.runner import Runner
@@ -106,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from orchestrator.config import ConfigError, load_config
+    from core.config import ConfigError, load_config
     from orchestrator.protocols import (
         EvalRequest,
         create_eval_dir,
@@ -175,7 +175,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     """Build (or find) the config's tiny models, e.g. once before a multi-node launch."""
-    from orchestrator.config import load_config
+    from core.config import load_config
     from orchestrator.models import resolve_model_path
     from orchestrator.tasks import build_task
 
@@ -192,10 +192,11 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_styles(args: argparse.Namespace) -> int:
     import json
 
-    from orchestrator.config import load_config
+    from core.config import load_config
+    from core.models import resolve_device
     from orchestrator.diagnostics import style_values
-    from orchestrator.models import resolve_device
-    from orchestrator.runner import build_pool, seed_everything
+    from orchestrator.models import build_pool
+    from orchestrator.runner import seed_everything
     from orchestrator.tasks import build_task
 
     _setup_logging(args.verbose)
@@ -235,7 +236,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from orchestrator.config import load_config
+    from core.config import load_config
     from orchestrator.sweep import check_sweep, run_sweep, sweep_dir
 
     cfg = load_config(args.config, args.overrides)
@@ -276,7 +277,7 @@ Each command takes a YAML config (or a bundled config's name: default, real_cpu,
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from orchestrator.config import describe_fields
+    from core.config import describe_fields
 
     rows = describe_fields(args.section)
     width = max(len(r[0]) for r in rows)
@@ -298,7 +299,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_config_list(args: argparse.Namespace) -> int:
-    from orchestrator.config import bundled_configs
+    from core.config import bundled_configs
 
     for name, path in bundled_configs().items():
         first = next((ln for ln in path.read_text().splitlines() if ln.startswith("#")), "#").lstrip("# ")
@@ -433,9 +434,9 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from orchestrator.config import ConfigError
-    from orchestrator.distributed import RankError, current, shutdown
-    from orchestrator.models import ModelLoadError
+    from core.config import ConfigError
+    from core.distributed import RankError, current, shutdown
+    from core.models import ModelLoadError
     from orchestrator.rundir import RunDirError
     from orchestrator.signals import Preempted, graceful
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from orchestrator.algorithms.base import mean_sem
-from orchestrator.records import Edit, EditResult
+from core.records import Edit, EditResult
+from core.stats import mean_sem
+from core.task import overrides
 from orchestrator.rewards import assign_configured_rewards
 
 log = logging.getLogger(__name__)
@@ -17,7 +18,7 @@ def style_values(cfg: Any, task: Any, pool: Any, progress: bool = False) -> dict
 
     Returns ``{style: {"reward": (mean, sem), "<student>": mean reward}}``. Needs a task with
     ``reference_edits(context)`` (the synthetic task); these edits are a yardstick, never a training signal."""
-    if not hasattr(task, "reference_edits"):
+    if not overrides(task, "reference_edits"):
         raise ValueError(
             f"task {task.name!r} has no reference edits; style values exist for the synthetic task"
         )

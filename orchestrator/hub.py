@@ -173,7 +173,7 @@ def model_card(run_dir: Path, round_index: int, adapter_only: bool) -> str:
             "model = AutoModelForCausalLM.from_pretrained(REPO_OR_FOLDER)",
             "```",
         ]
-    from teacher.prompts import PROMPT_FORMATS
+    from core.prompts import PROMPT_FORMATS
 
     fmt = str(teacher.get("prompt_format"))
     template = (teacher.get("prompt_formats") or {}).get(fmt) or PROMPT_FORMATS.get(fmt)

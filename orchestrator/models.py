@@ -1,9 +1,11 @@
-"""Loading causal LMs by hub id or local path (identically), and building tiny local ones from a spec.
+"""Which folder each model of a config loads from, and building tiny local models from a spec.
 
-Tiny models exist so that everything runs on a CPU with no download: a byte-level BPE tokenizer is trained
-on the task's corpus, a Llama / Qwen2 / GPT-2 config of the given size is instantiated, briefly pretrained
-with TRL's ``SFTTrainer`` on the task's pretraining corpus, and saved in Hugging Face format (safetensors)
-under ``cache_dir``. The folder name hashes the spec, so a second run reuses it.
+``mc.path`` is loaded as given; ``mc.gguf`` names a registry package whose GGUF file is converted once to a
+safetensors folder (:mod:`orchestrator.gguf`); otherwise a tiny model is built. Tiny models exist so that
+everything runs on a CPU with no download: a byte-level BPE tokenizer is trained on the task's corpus, a
+Llama / Qwen2 / GPT-2 config of the given size is instantiated, briefly pretrained with TRL's ``SFTTrainer``
+on the task's pretraining corpus, and saved in Hugging Face format (safetensors) under ``cache_dir``. The
+folder name hashes the spec, so a second run reuses it. Loading itself is :mod:`core.models`.
 """
 
 from __future__ import annotations
@@ -14,131 +16,23 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from orchestrator.config import ModelConfig, TinyModelSpec
-from orchestrator.distributed import launched
+from core.config import Config, ModelConfig, StudentConfig, TinyModelSpec, to_yaml
+from core.distributed import all_ranks, clean_env, current, launched
+from core.models import ModelLoadError, load_causal_lm, load_tokenizer
 
 log = logging.getLogger(__name__)
 
 BUILDER_VERSION = 3  # bump when the builder's output changes, so caches are rebuilt
 SPECIAL = {"pad": "<|pad|>", "eos": "<|endoftext|>"}
-DTYPES: dict[str, Any] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "auto": "auto",  # the checkpoint's own dtype (config.json's dtype / torch_dtype)
-}
-
-
-class ModelLoadError(RuntimeError):
-    """A model or tokenizer could not be loaded. The message says what to check."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("run.device=cuda but no CUDA device is visible; use run.device=auto or cpu")
-    return torch.device(name)
-
-
-def load_tokenizer(path: str, mc: ModelConfig, where: str | None = None) -> Any:
-    """The tokenizer of ``path`` (left padding; EOS pads when there is no pad token). ``where`` names the
-    config field in errors (``students[0].model``)."""
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(
-            path, revision=mc.revision, trust_remote_code=mc.trust_remote_code, padding_side="left"
-        )
-    except Exception as exc:
-        raise ModelLoadError(_load_hint("tokenizer", path, exc, where)) from None
-    if tok.pad_token_id is None:
-        if tok.eos_token_id is None:
-            raise ModelLoadError(f"tokenizer of {path} has neither a pad nor an eos token; add a pad token")
-        # Padding is masked out of attention and labels everywhere, so reusing EOS as pad is safe.
-        tok.pad_token = tok.eos_token
-        log.info("tokenizer of %s has no pad token: using eos (%r) for padding", path, tok.eos_token)
-    return tok
-
-
-def load_causal_lm(path: str, mc: ModelConfig, device: torch.device, where: str | None = None) -> Any:
-    """The model of ``path`` in ``mc.dtype`` on ``device``, from safetensors unless ``mc.allow_pickle``.
-    ``where`` names the config field in errors (``students[0].model``)."""
-    from transformers import AutoModelForCausalLM
-
-    if mc.device is not None:
-        if launched():
-            log.warning(
-                "%s.device=%s is ignored under the launcher: each rank uses its own device", where, mc.device
-            )
-        else:
-            device = resolve_device(mc.device)
-    extra: dict[str, Any] = {}
-    if mc.attn_implementation:
-        extra["attn_implementation"] = mc.attn_implementation
-    if mc.quantization:
-        extra["quantization_config"] = quantization_config(mc, where)
-        extra["device_map"] = {"": device}  # bitsandbytes places weights as it loads them; never .to() after
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path,
-            revision=mc.revision,
-            dtype=DTYPES[mc.dtype],
-            trust_remote_code=mc.trust_remote_code,
-            use_safetensors=None if mc.allow_pickle else True,  # pickle weights only when a config opts in
-            **extra,
-        )
-    except Exception as exc:
-        raise ModelLoadError(_load_hint("model", path, exc, where)) from None
-    return model if mc.quantization else model.to(device)
-
-
-def quantization_config(mc: ModelConfig, where: str | None = None) -> Any:
-    """transformers' ``BitsAndBytesConfig`` for ``mc.quantization``: 4bit is QLoRA's NF4 with double
-    quantization, computing in ``mc.dtype`` (bfloat16 for ``auto``/float32); 8bit is LLM.int8(). Raises
-    :class:`ModelLoadError` naming the field when bitsandbytes is not installed or no CUDA device is visible."""
-    import importlib.util
-
-    from transformers import BitsAndBytesConfig
-
-    field = f"{where or 'model'}.quantization={mc.quantization}"
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise ModelLoadError(
-            f"{field} needs bitsandbytes: pip install bitsandbytes (or set quantization=null)"
-        )
-    if not torch.cuda.is_available():
-        raise ModelLoadError(f"{field} needs a CUDA device (none is visible); set quantization=null on CPU")
-    if mc.quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    compute = DTYPES[mc.dtype] if mc.dtype in ("bfloat16", "float16") else torch.bfloat16
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute,
-    )
-
-
-def _load_hint(what: str, path: str, exc: Exception, where: str | None = None) -> str:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    field = f"{where}: " if where else ""
-    if not Path(path).exists() and (
-        os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
-    ):
-        return (
-            f"{field}cannot load {what} '{path}': not a local folder and the hub is offline (HF_HUB_OFFLINE). "
-            f"Use a local path, a model.tiny spec, or go online. ({first})"
-        )
-    return (
-        f"{field}cannot load {what} '{path}': {first}. Check the hub id or folder (it needs config.json and "
-        f"weights), or point {where or 'model'}.path elsewhere."
-    )
 
 
 def resolve_model_path(mc: ModelConfig, role: str, task: Any, cache_dir: str | Path) -> str:
@@ -159,7 +53,7 @@ def resolve_model_path(mc: ModelConfig, role: str, task: Any, cache_dir: str | P
 
 def tiny_dir(spec: TinyModelSpec, task: Any, cache_dir: Path) -> Path:
     key_fields = {"spec": asdict(spec), "task": task.name, "v": BUILDER_VERSION}
-    if getattr(task, "protocol", "qa_lines") != "qa_lines":  # the corpus's QA prompts follow the protocol
+    if task.protocol != "qa_lines":  # the corpus's QA prompts follow the protocol
         key_fields["protocol"] = task.protocol
     key = json.dumps(key_fields, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -229,9 +123,9 @@ def shared_tokenizer(spec: TinyModelSpec) -> Any:
 
 def _corpus(spec: TinyModelSpec, task: Any, n: int) -> list[tuple[str, str]]:
     if spec.pretrain == "teacher":
-        from teacher.prompts import render_prompt
+        from core.prompts import render_prompt
 
-        fmt = getattr(task, "formats", ("implications",))[0]
+        fmt = task.formats[0]
         return [(render_prompt(fmt, c), e) for c, e in task.teacher_corpus(n, spec.seed)]
     return task.student_corpus(n, spec.seed)
 
@@ -292,3 +186,92 @@ def tiny_model(spec: TinyModelSpec, tok: Any) -> Any:
             **common,
         )
     return AutoModelForCausalLM.from_config(cfg)
+
+
+def prebuild_tiny_models(cfg: Any, task: Any) -> None:
+    """Build missing tiny models before the ranks load them. Tiny pretraining is a one-process HF Trainer run;
+    inside a launched rank that Trainer would join the ranks' process group, so the first rank of each node
+    builds in a clean child process (``teachedit build``), and every rank waits for it."""
+    specs = [
+        m.tiny
+        for m in [cfg.teacher.model, *(s.model for s in cfg.students)]
+        if m.path is None and m.gguf is None
+    ]
+    missing = [s for s in specs if not (tiny_dir(s, task, Path(cfg.run.cache_dir)) / "config.json").is_file()]
+
+    def build() -> None:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            f.write(to_yaml(cfg))
+        try:
+            log.info("building %d tiny model(s) in a one-process child", len(missing))
+            proc = subprocess.run(
+                [sys.executable, "-m", "orchestrator", "build", f.name],
+                env=clean_env(),
+                capture_output=True,
+                text=True,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"building the tiny models failed:\n{proc.stderr[-2000:]}")
+        finally:
+            os.unlink(f.name)
+
+    all_ranks(build, run=bool(missing) and current().local_rank == 0)
+
+
+# ---- the one place every command builds its models (run, eval, sweep, styles, the GRPO reward)
+
+
+def load_student(
+    sc: StudentConfig, task: Any, cache_dir: str | Path, device: torch.device, where: str
+) -> Any:
+    """A :class:`student.student.Student` for ``sc``, loaded unsharded on ``device``."""
+    from student.student import Student
+
+    path = resolve_model_path(sc.model, "student", task, cache_dir)
+    log.info("loading student %s (%s)", sc.name, path)
+    model, tok = load_causal_lm(path, sc.model, device, where), load_tokenizer(path, sc.model, where)
+    return Student(sc, model, tok, task)
+
+
+def build_teacher(cfg: Config, task: Any, device: torch.device) -> tuple[Any, str]:
+    """The config's teacher and the folder it was loaded from."""
+    from teacher.model import Teacher
+
+    path = resolve_model_path(cfg.teacher.model, "teacher", task, cfg.run.cache_dir)
+    tok = load_tokenizer(path, cfg.teacher.model, "teacher.model")
+    model = load_causal_lm(path, cfg.teacher.model, device, "teacher.model")
+    return Teacher(cfg.teacher, model, tok), path
+
+
+def build_pool(cfg: Config, task: Any, device: torch.device) -> Any:
+    """The student pool. Under a launcher: a :class:`student.distributed.DistributedPool` (each student
+    loaded for its ``sharding``, the unsharded ones splitting the edits); in one process, a plain
+    :class:`student.pool.StudentPool` (``sharding`` applies under the launcher only)."""
+    from student.pool import StudentPool
+
+    if not launched():
+        sharded = [s.name for s in cfg.students if s.sharding != "none"]
+        if sharded:
+            log.info("one process: %s run unsharded (sharding applies under the deepspeed launcher)", sharded)
+        return StudentPool(
+            [
+                load_student(sc, task, cfg.run.cache_dir, device, f"students[{i}].model")
+                for i, sc in enumerate(cfg.students)
+            ]
+        )
+    from student.distributed import DistributedPool, load_sharded_student
+
+    students: list[Any] = []
+    for i, sc in enumerate(cfg.students):
+        if sc.sharding == "none":
+            students.append(load_student(sc, task, cfg.run.cache_dir, device, f"students[{i}].model"))
+            continue
+        path = resolve_model_path(sc.model, "student", task, cfg.run.cache_dir)
+        tok = load_tokenizer(path, sc.model, f"students[{i}].model")
+        students.append(load_sharded_student(sc, path, tok, task, device))
+    log.info(
+        "student pool over %d rank(s): %s",
+        current().world_size,
+        ", ".join(f"{s.name} ({s.cfg.sharding})" for s in students),
+    )
+    return DistributedPool(students)

@@ -1,6 +1,6 @@
 """Checks a run needs beyond the config's own values, done before a run directory is created.
 
-:func:`orchestrator.config.validate` checks values; this module checks the world they point at: the task's
+:func:`core.config.validate` checks values; this module checks the world they point at: the task's
 data file parses and has the SEAL schema, the prompt format exists, and every ``model.path`` is a model
 folder or (offline) a hub id already in the local cache. Every failure is a :class:`ConfigError` that
 names the field and the fix, so the CLI exits with code 2 and one line before any work starts. Nothing
@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import Config, ConfigError, ModelConfig
+from core.config import Config, ConfigError, ModelConfig
 
 
 def preflight(cfg: Config) -> Any:
@@ -32,7 +32,7 @@ def preflight(cfg: Config) -> Any:
 
 def check_trainer_args(cfg: Config) -> None:
     """``trainer_args`` name fields of the TRL config they feed (checked here, before a run directory)."""
-    from orchestrator import trl_args
+    from core import trl_args
 
     if cfg.teacher.train.trainer_args:
         from trl import SFTConfig
@@ -56,7 +56,7 @@ def check_task(cfg: Config) -> Any:
 
 
 def check_prompt_format(cfg: Config) -> None:
-    from teacher.prompts import PROMPT_FORMATS
+    from core.prompts import PROMPT_FORMATS
 
     if cfg.teacher.prompt_format not in PROMPT_FORMATS:
         raise ConfigError(

@@ -10,11 +10,12 @@ through :func:`assign_rewards`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from orchestrator.records import EditResult, StudentScore
+from core.config import AGGREGATE_NAMES, REWARD_NAMES, check_registry
+from core.plugins import is_plugin, load_reward_plugin
+from core.records import EditResult, StudentScore
 
 # (baseline, adapted, score, **params) -> float; ``combo`` takes ``weights``.
 RewardFn = Callable[..., float]
@@ -64,18 +65,13 @@ def combo(
     problem = _combo_problem(weights)
     if problem is not None or weights is None:
         raise ValueError(problem)
-    return float(sum(w * REWARDS[n](baseline, adapted, score) for n, w in weights.items()))
+    return float(sum(w * reward_fn(n)(baseline, adapted, score) for n, w in weights.items()))
 
 
 def _combo_problem(weights: Mapping[str, float] | None) -> str | None:
-    if not weights:
-        return "reward.name=combo needs reward.weights, e.g. {accuracy_gain: 1.0, logprob_gain: 0.1}"
-    bad = sorted(n for n in weights if n not in REWARDS or n == "combo")
-    if bad:
-        return f"reward.weights names unknown rewards {bad}; choose from {sorted(set(REWARDS) - {'combo'})}"
-    if not all(math.isfinite(float(w)) for w in weights.values()):
-        return "reward.weights must be finite numbers"
-    return None
+    from core.config import RewardConfig, check_reward_config
+
+    return check_reward_config(RewardConfig(name="combo", weights=dict(weights or {})))
 
 
 @register_aggregate("mean")
@@ -134,7 +130,7 @@ def assign_rewards(
             outcome.error = outcome.error or result.penalty
         result.reward = float(penalty)
         return
-    fn, agg = REWARDS[reward], AGGREGATES[aggregate]
+    fn, agg = reward_fn(reward), AGGREGATES[aggregate]
     params = {"weights": reward_weights} if reward_weights else {}
     values, ws = [], []
     for name, outcome in result.per_student.items():
@@ -147,7 +143,7 @@ def assign_rewards(
 
 
 def assign_configured_rewards(result: EditResult, cfg: Any, student_weights: dict[str, float]) -> None:
-    """:func:`assign_rewards` with the run's ``reward`` section (an :class:`orchestrator.config.RewardConfig`)."""
+    """:func:`assign_rewards` with the run's ``reward`` section (an :class:`core.config.RewardConfig`)."""
     assign_rewards(
         result,
         cfg.name,
@@ -159,18 +155,17 @@ def assign_configured_rewards(result: EditResult, cfg: Any, student_weights: dic
     )
 
 
-def check_reward_config(cfg: Any) -> str | None:
-    """What is wrong with a ``reward`` section's combo weights and penalty, or None (used by config validation)."""
-    if cfg.name == "combo":
-        problem = _combo_problem(cfg.weights)
-        if problem:
-            return problem
-    elif cfg.weights:
-        return (
-            "reward.weights is read only by reward.name=combo; set reward.name=combo or remove reward.weights"
+def reward_fn(name: str) -> RewardFn:
+    """The reward registered as ``name``; a plugin (``module:function``) is loaded, checked and registered
+    on first use (:mod:`core.plugins`)."""
+    if name not in REWARDS and is_plugin(name):
+        REWARDS[name] = load_reward_plugin(name)
+    if name not in REWARDS:
+        raise KeyError(
+            f"unknown reward {name!r}; choose from {sorted(REWARDS)} or a plugin (module:function)"
         )
-    if not math.isfinite(cfg.penalty):
-        return "reward.penalty must be a finite number (e.g. 0.0 or -0.5)"
-    if cfg.max_edit_chars < 0:
-        return "reward.max_edit_chars must be >= 0 (0: no limit)"
-    return None
+    return REWARDS[name]
+
+
+check_registry(REWARDS, REWARD_NAMES, "orchestrator.rewards.REWARDS")
+check_registry(AGGREGATES, AGGREGATE_NAMES, "orchestrator.rewards.AGGREGATES")

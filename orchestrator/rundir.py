@@ -28,8 +28,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from orchestrator import faults, signals
-from orchestrator.records import EditResult
+from core import faults
+from core.records import EditResult
+from orchestrator import signals
 
 log = logging.getLogger(__name__)
 

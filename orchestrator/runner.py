@@ -15,13 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.config import Config, load_config, to_yaml
+from core.distributed import is_main, launched, on_rank0
+from core.models import resolve_device
+from core.records import json_safe
 from orchestrator.algorithms import ALGORITHMS, RoundReport, RunContext
-from orchestrator.config import Config, load_config, to_yaml
-from orchestrator.distributed import is_main, launched, on_rank0, prebuild_tiny_models
-from orchestrator.models import load_causal_lm, load_tokenizer, resolve_device, resolve_model_path
+from orchestrator.models import build_pool, build_teacher, prebuild_tiny_models
 from orchestrator.preflight import preflight
 from orchestrator.provenance import provenance, yaml_header
-from orchestrator.records import json_safe
 from orchestrator.rundir import INTERRUPTED, RunDir, RunDirError
 from orchestrator.signals import Preempted
 from orchestrator.tasks import build_task
@@ -34,37 +35,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def build_teacher(cfg: Config, task: Any, device: torch.device) -> tuple[Any, str]:
-    from teacher.model import Teacher
-
-    path = resolve_model_path(cfg.teacher.model, "teacher", task, cfg.run.cache_dir)
-    tok = load_tokenizer(path, cfg.teacher.model, "teacher.model")
-    model = load_causal_lm(path, cfg.teacher.model, device, "teacher.model")
-    return Teacher(cfg.teacher, model, tok), path
-
-
-def build_pool(cfg: Config, task: Any, device: torch.device) -> Any:
-    """The student pool. Under a launcher: a :class:`student.distributed.DistributedPool` (students sharded
-    per their ``sharding``, the others splitting the edits); in one process, a plain ``StudentPool``."""
-    if launched():
-        from student.distributed import build_distributed_pool
-
-        return build_distributed_pool(cfg, task, device)
-    from student.pool import StudentPool
-    from student.student import Student
-
-    sharded = [s.name for s in cfg.students if s.sharding != "none"]
-    if sharded:
-        log.info("one process: %s run unsharded (sharding applies under the deepspeed launcher)", sharded)
-    students = []
-    for i, sc in enumerate(cfg.students):
-        path = resolve_model_path(sc.model, "student", task, cfg.run.cache_dir)
-        where = f"students[{i}].model"
-        model, tok = load_causal_lm(path, sc.model, device, where), load_tokenizer(path, sc.model, where)
-        students.append(Student(sc, model, tok, task))
-    return StudentPool(students)
 
 
 class Runner:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import gc
 import hashlib
 import json
 import logging
@@ -26,13 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from orchestrator.config import Config, ConfigError, ModelConfig, StudentConfig, load_config, to_yaml
-from orchestrator.protocols.common import Answer, BaseAnswers, Settings, UpdateResult, update_seed
+from core.config import Config, ConfigError, ModelConfig, StudentConfig, load_config, to_yaml
+from core.records import Context, json_safe
+from orchestrator.protocols.common import Answer, BaseAnswers, Settings, UpdateResult
 from orchestrator.protocols.data import Source, load_eval_data, seal_records
-from orchestrator.records import Context, json_safe
 from orchestrator.rundir import RunDir, RunDirError
+from student.lifecycle import free_memory, update_seed
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +84,7 @@ def check_sweep(cfg: Config) -> None:
         if s.distill.cross_tokenizer not in ("gold", "skip"):
             raise ConfigError("sweep.distill.cross_tokenizer: use gold or skip")
         if s.distill.trainer_args:
-            from orchestrator import trl_args
+            from core import trl_args
             from student.distill import gkd_config_class, gold_config_class
 
             trl_args.check(gkd_config_class(), s.distill.trainer_args, "sweep.distill.trainer_args")
@@ -174,7 +172,7 @@ class Sweep:
     """One sweep directory. ``run()`` computes the missing cells and writes the reports."""
 
     def __init__(self, cfg: Config, path: Path):
-        from orchestrator.models import resolve_device
+        from core.models import resolve_device
         from orchestrator.tasks import build_task
 
         self.cfg = cfg
@@ -324,14 +322,15 @@ class Sweep:
             self.computed += 1
             out.append((cell, results, None))
         del student
-        _free()
+        free_memory(collect=True)
         return out
 
     def _skip_reason(self, sc: StudentConfig, src: SweepSource | None) -> str | None:
         """Distillation needs the teacher's vocabulary; checked on the tokenizers alone (cheap)."""
         if src is None or src.kind != DISTILL:
             return None
-        from orchestrator.models import load_tokenizer, resolve_model_path
+        from core.models import load_tokenizer
+        from orchestrator.models import resolve_model_path
         from student.distill import shares_vocabulary
 
         if self.cfg.sweep.distill.cross_tokenizer == "gold":
@@ -346,14 +345,9 @@ class Sweep:
         return dataclasses.replace(self.cfg.teacher.model, path=path, tiny=None)
 
     def _load_student(self, sc: StudentConfig) -> Any:
-        from orchestrator.models import load_causal_lm, load_tokenizer, resolve_model_path
-        from student.student import Student
+        from orchestrator.models import load_student
 
-        path = resolve_model_path(sc.model, "student", self.task, self.cfg.run.cache_dir)
-        log.info("loading student %s (%s)", sc.name, path)
-        return Student(
-            sc, load_causal_lm(path, sc.model, self.device), load_tokenizer(path, sc.model), self.task
-        )
+        return load_student(sc, self.task, self.cfg.run.cache_dir, self.device, f"student {sc.name}")
 
     # ---- cells
     def _compute(
@@ -418,11 +412,11 @@ class Sweep:
         (self.rd.path / "edits").mkdir(exist_ok=True)
         self.rd.write_json(name, records)
         del teacher
-        _free()
+        free_memory(collect=True)
         return records
 
     def _load_teacher(self, src: SweepSource) -> Any:
-        from orchestrator.models import load_causal_lm, load_tokenizer
+        from core.models import load_causal_lm, load_tokenizer
         from teacher.model import Teacher
 
         path = src.path or self.teacher_path()
@@ -481,7 +475,7 @@ class Sweep:
     ) -> UpdateResult:
         from orchestrator.protocols.common import answer_questions
         from student.distill import distilled
-        from student.student import EditError
+        from student.lifecycle import EditError
 
         started = time.time()
         ids = [c.id for c in group]
@@ -600,9 +594,3 @@ def run_sweep(cfg: Config) -> SweepOutcome:
         raise RunDirError(f"cannot create {path}: {exc.strerror or exc}") from None
     seed_everything(cfg.run.seed)
     return Sweep(cfg, path).run()
-
-
-def _free() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import Config
+from core.config import Config
+from core.records import Context, json_safe
+from core.stats import mean_sem
 from orchestrator.protocols.common import UpdateResult
-from orchestrator.records import Context, json_safe
 from orchestrator.rundir import RunDir
 
 ATTR = {"gold_logprob": "logprob", "em": "em", "f1": "f1"}  # metric name -> Answer attribute
@@ -45,18 +45,11 @@ def passage_scores(results: list[UpdateResult], metric: str) -> dict[str, float]
     return {cid: sum(v) / len(v) for cid, v in per_p.items()}
 
 
-def mean_se(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return math.nan, math.nan
-    m = sum(values) / len(values)
-    return m, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0)
-
-
 def gain(results: list[UpdateResult], base: list[UpdateResult], metric: str) -> Gain:
     """Per-passage gain of a cell over the base cell of the same student."""
     b, x = passage_scores(base, metric), passage_scores(results, metric)
     per = {cid: x[cid] - b[cid] for cid in b if cid in x}
-    m, se = mean_se(list(per.values()))
+    m, se = mean_sem(list(per.values()))
     return Gain(m, se, len(per), per)
 
 
@@ -64,7 +57,7 @@ def pool_gain(gains: list[Gain]) -> Gain:
     """A pool's gain: per passage, the mean over the pool's students; then mean and s.e. over passages."""
     ids = [cid for cid in gains[0].per_passage if all(cid in g.per_passage for g in gains)] if gains else []
     per = {cid: sum(g.per_passage[cid] for g in gains) / len(gains) for cid in ids}
-    m, se = mean_se(list(per.values()))
+    m, se = mean_sem(list(per.values()))
     return Gain(m, se, len(per), per)
 
 
@@ -100,7 +93,7 @@ def base_scores(
     out = {}
     for c, res, _ in cells:
         if c.protocol == "base" and res is not None:
-            out[c.student] = {m: mean_se(list(passage_scores(res, m).values()))[0] for m in ATTR}
+            out[c.student] = {m: mean_sem(list(passage_scores(res, m).values()))[0] for m in ATTR}
     return out
 
 

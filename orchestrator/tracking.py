@@ -11,7 +11,7 @@ trackers, as one tracker run named ``run.name``.
   resumed by name); local-first, as Trackio is.
 
 The default, ``none``, writes nothing but ``metrics.jsonl``. Only the main process reports (under a launcher,
-rank 0). A tracker that is not installed is a :class:`orchestrator.config.ConfigError` before the run starts.
+rank 0). A tracker that is not installed is a :class:`core.config.ConfigError` before the run starts.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import ConfigError
+from core.config import ConfigError
 from orchestrator.rundir import RunDir
 
 log = logging.getLogger(__name__)

@@ -33,18 +33,21 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
-from orchestrator import faults
-from orchestrator.records import Context, StudentOutcome, StudentScore
-from orchestrator.tasks.base import TrainingItem
+from core import faults
+from core.records import Context, StudentOutcome, StudentScore
+from core.task import TrainingItem
 from student.head import token_losses
+from student.lifecycle import OOM_BATCH, free_memory, inject_lora, lora_config, non_finite_loss
 from student.scoring import aggregate_score, gold_logprobs, greedy_answers
 from student.sequences import batch_schedule, encode_item, pad_batch
-from student.student import Student, free_memory, lora_config, non_finite_loss
+
+if TYPE_CHECKING:  # a type only: student.student imports this module
+    from student.student import Student
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +174,6 @@ _TARGETS: weakref.WeakKeyDictionary[Any, dict[str, list[LoraTarget]]] = weakref.
 def lora_targets(model: Any, config: Any) -> list[LoraTarget]:
     """The modules peft puts LoRA on for ``config``, in the order it initialises them. Found once per model
     and target list, by letting peft wrap the model and unloading it (base weights untouched)."""
-    from peft import get_peft_model
     from peft.tuners.lora import Linear as LoraLinear
     from peft.tuners.lora import LoraLayer
 
@@ -183,7 +185,7 @@ def lora_targets(model: Any, config: Any) -> list[LoraTarget]:
         if config.init_lora_weights is not True or config.use_rslora or config.use_dora or config.lora_bias:
             raise ValueError("batched adaptation supports plain LoRA only; set adapt.edit_batch_size=1")
         rng = torch.random.get_rng_state()
-        peft_model = get_peft_model(model, config)
+        peft_model = inject_lora(model, config)
         try:
             layers = [
                 (n, m) for n, m in peft_model.base_model.model.named_modules() if isinstance(m, LoraLayer)
@@ -295,7 +297,7 @@ def train_adapters(ml: MultiLoRA, items: list[list[TrainingItem]]) -> list[tuple
                 torch.nn.utils.clip_grad_norm_(ml.params[e], a.max_grad_norm, foreach=True)
             losses[e].setdefault(plans[e][step][0], []).append(value)
         opt.step()
-        faults.point("adapt")  # test-only fault injection (orchestrator/faults.py), as in the sequential loop
+        faults.point("adapt")  # test-only fault injection (core/faults.py), as in the sequential loop
     ml.model.eval()
     return [
         (None, err) if err is not None else (_mean(losses[e][a.epochs - 1]), None)
@@ -391,10 +393,7 @@ def evaluate_batch(
             )
     except torch.OutOfMemoryError:
         free_memory()
-        log.warning(
-            "out of memory adapting %d edits together: retrying one at a time; lower adapt.edit_batch_size",
-            len(live),
-        )
+        log.warning(OOM_BATCH, len(live))
         return [student.evaluate_once(t, c, s) for t, c, s in zip(edit_texts, contexts, seeds)]
     for g, i in enumerate(live):
         loss, error = trained[g]

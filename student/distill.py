@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from orchestrator.config import DistillConfig
-from student.student import EditError
+from core.config import DistillConfig
+from student.lifecycle import EditError, lora_config
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def _inner_loop_fields(
 
 def gkd_args(adapt: Any, dcfg: DistillConfig, seed: int, on_cpu: bool, workdir: str) -> Any:
     """GKDConfig for a student that shares the teacher's tokenizer (:func:`_inner_loop_fields`)."""
-    from orchestrator import trl_args
+    from core import trl_args
 
     defaults = {
         **_inner_loop_fields(adapt, dcfg, seed, on_cpu, workdir),
@@ -144,7 +144,7 @@ def gold_args(
     """GOLDConfig for a student on another tokenizer: the same fields, with the ULD loss reading the teacher's
     tokenizer from ``teacher_tokenizer`` (a folder or hub id). The batch is at most ``n_rows``: GOLD's sampler
     yields no batch at all from fewer rows than a batch (GKD takes one partial batch; the same step)."""
-    from orchestrator import trl_args
+    from core import trl_args
 
     defaults = {
         **_inner_loop_fields(adapt, dcfg, seed, on_cpu, workdir),
@@ -173,8 +173,6 @@ def _train(
         warnings.filterwarnings("ignore", message=".*trl.experimental.*")
         from trl.experimental.gkd import GKDTrainer
         from trl.experimental.gold import GOLDTrainer
-
-    from orchestrator.protocols.continual import lora_config
 
     a = student.cfg.adapt
     on_cpu = next(student.model.parameters()).device.type == "cpu"

@@ -27,13 +27,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from orchestrator.config import AdaptConfig, StudentConfig
-from orchestrator.distributed import all_ranks, current
-from orchestrator.records import Context, Edit, EditResult, StudentOutcome, StudentScore
-from orchestrator.tasks.base import TrainingItem
-from student.pool import StudentPool, edit_seed, unadapted_result
+from core.config import AdaptConfig, StudentConfig
+from core.distributed import all_ranks, current
+from core.records import Context, Edit, EditResult, StudentOutcome, StudentScore
+from core.task import TrainingItem
+from student.lifecycle import EditError, edit_seed, inject_lora, lora_config, non_finite_loss, set_train_mode
+from student.pool import StudentPool, unadapted_result
 from student.sequences import IGNORE, Batch, batch_schedule, collate
-from student.student import EditError, Student, lora_config, non_finite_loss, set_train_mode
+from student.student import Student
 
 log = logging.getLogger(__name__)
 
@@ -216,9 +217,7 @@ class ShardedStudent(Student):
             torch.manual_seed(seed)
             snapshot: list[torch.Tensor] | None = None
             if a.method == "lora":
-                from peft import get_peft_model
-
-                model = get_peft_model(base, lora_config(a, self.model_type))
+                model = inject_lora(base, lora_config(a, self.model_type))
             else:
                 snapshot = [_local_tensor(p).detach().clone() for p in base.parameters()]
                 for p in base.parameters():
@@ -380,30 +379,10 @@ def load_sharded_student(
 ) -> ShardedStudent:
     """Load a student for ``sc.sharding``. ZeRO-3 loads through ``zero.Init``: each rank keeps only its
     partition of every parameter. ZeRO-2 loads whole (it shards gradients and optimizer states)."""
-    from orchestrator.models import load_causal_lm
+    from core.models import load_causal_lm
 
     config = student_ds_config(sc, current().world_size)
     ctx = hf_zero3(config) if STAGES[sc.sharding] == 3 else nullcontext()
     with ctx:
         model = load_causal_lm(path, sc.model, device)
     return ShardedStudent(sc, model, tokenizer, task, config)
-
-
-def build_distributed_pool(cfg: Any, task: Any, device: torch.device) -> DistributedPool:
-    """The runner's pool under a launcher: each student loaded for its ``sharding``."""
-    from orchestrator.models import load_causal_lm, load_tokenizer, resolve_model_path
-
-    students: list[Student | ShardedStudent] = []
-    for sc in cfg.students:
-        path = resolve_model_path(sc.model, "student", task, cfg.run.cache_dir)
-        tok = load_tokenizer(path, sc.model)
-        if sc.sharding == "none":
-            students.append(Student(sc, load_causal_lm(path, sc.model, device), tok, task))
-        else:
-            students.append(load_sharded_student(sc, path, tok, task, device))
-    log.info(
-        "student pool over %d rank(s): %s",
-        current().world_size,
-        ", ".join(f"{s.name} ({s.cfg.sharding})" for s in students),
-    )
-    return DistributedPool(students)

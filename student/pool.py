@@ -6,24 +6,17 @@ The orchestrator sees the pool through :meth:`StudentPool.evaluate` (a batch of 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from orchestrator.records import Context, Edit, EditResult, StudentOutcome
+from core.records import Context, Edit, EditResult, StudentOutcome
+from student.lifecycle import edit_seed
 from student.student import Student
 
 log = logging.getLogger(__name__)
-
-
-def edit_seed(run_seed: int, edit: Edit, student: str) -> int:
-    """A seed that depends only on the run seed, the edit's identity and the student: results do not depend
-    on the order edits are evaluated in (so a resumed or distributed run gives the same rewards)."""
-    h = hashlib.sha256(f"{run_seed}/{edit.key}/{student}".encode()).digest()
-    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
 
 
 class StudentPool:

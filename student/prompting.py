@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.records import Context
+from core.records import Context
 
 MODES = ("auto", "always", "never")
 
@@ -34,10 +34,7 @@ def uses_chat_template(tok: Any, mode: str) -> bool:
 
 
 def qa_messages(task: Any, question: str, context: Context | None) -> list[dict[str, str]]:
-    hook = getattr(task, "qa_messages", None)
-    if callable(hook):
-        return hook(question, context)
-    return [{"role": "user", "content": question}]
+    return task.qa_messages(question, context)
 
 
 def render_chat(tok: Any, messages: list[dict[str, str]]) -> str:

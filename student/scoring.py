@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from orchestrator.records import Context, StudentScore
+from core.records import Context, StudentScore
 from student.head import logits_at
 from student.prompting import answer_continuation, qa_prompt
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from orchestrator.tasks.base import TrainingItem
+from core.task import TrainingItem
 
 IGNORE = -100  # label value the loss skips
 

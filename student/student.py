@@ -15,20 +15,27 @@ from typing import Any
 
 import torch
 
-from orchestrator import faults
-from orchestrator.config import AdaptConfig, StudentConfig
-from orchestrator.records import Context, StudentOutcome, StudentScore
-from orchestrator.tasks.base import TrainingItem
+from core import faults
+from core.config import AdaptConfig, StudentConfig
+from core.records import Context, StudentOutcome, StudentScore
+from core.task import TrainingItem, overrides
+from student.batched import evaluate_batch
 from student.head import mean_loss
+from student.lifecycle import (
+    OOM_ADAPT,
+    EditError,
+    free_memory,
+    inject_lora,
+    lora_config,
+    non_finite_loss,
+    repeat_seed,
+    set_train_mode,
+)
 from student.prompting import answer_continuation, qa_prompt, uses_chat_template
 from student.scoring import score_context
 from student.sequences import batch_schedule, clean_text, collate, fit_items
 
 log = logging.getLogger(__name__)
-
-
-class EditError(RuntimeError):
-    """An edit could not be applied to a student (no usable text, non-finite loss, out of memory)."""
 
 
 class Student:
@@ -69,11 +76,13 @@ class Student:
 
     # -- scoring -------------------------------------------------------------------------------------------
     def score(self, context: Context) -> StudentScore:
-        hook = getattr(self.task, "score", None)  # a task that scores its own way (ARC: exact grid match)
-        if callable(hook):
-            score = hook(self.model, self.tok, context, self.cfg.max_new_tokens, self.cfg.eval_batch_size)
+        # a task that scores its own way (ARC: exact grid match), else greedy answers and gold log-probs
+        own = self.task.score(
+            self.model, self.tok, context, self.cfg.max_new_tokens, self.cfg.eval_batch_size
+        )
+        if own is not None:
             faults.point("score")
-            return score
+            return own
         score = score_context(
             self.model,
             self.tok,
@@ -139,8 +148,7 @@ class Student:
             return StudentOutcome(base, None, 0.0, error=str(exc), note=note)
         except torch.OutOfMemoryError:
             free_memory()
-            error = "out of memory while adapting or scoring; lower adapt.batch_size or eval_batch_size"
-            return StudentOutcome(base, None, 0.0, error=error, note=note)
+            return StudentOutcome(base, None, 0.0, error=OOM_ADAPT, note=note)
         return StudentOutcome(base, adapted, 0.0, train_loss=loss, note=note)
 
     # -- several edits -------------------------------------------------------------------------------------
@@ -150,8 +158,8 @@ class Student:
         quantized base (``model.quantization``) and LoRA with ``adapt.lora_dropout > 0`` go one at a time (the batched loop draws every edit's dropout masks
         from one RNG stream, so an edit's masks would depend on the edits that share its batch)."""
         a = self.cfg.adapt
-        if a.method != "lora":
-            return 1
+        if a.method != "lora" or overrides(self.task, "training_items_for") or overrides(self.task, "score"):
+            return 1  # per-edit settings, or a task's own scoring: one at a time
         if self.cfg.model.quantization and a.edit_batch_size > 1:
             if not self._said_dropout:
                 log.info(
@@ -194,12 +202,8 @@ class Student:
         self, edit_texts: list[str], contexts: list[Context], seeds: list[int]
     ) -> list[StudentOutcome]:
         n = self.edit_batch_size
-        if n <= 1 or callable(
-            getattr(self.task, "training_items_for", None)
-        ):  # per-edit lr/epochs: one by one
+        if n <= 1:
             return [self.evaluate_once(t, c, s) for t, c, s in zip(edit_texts, contexts, seeds)]
-        from student.batched import evaluate_batch
-
         out: list[StudentOutcome] = []
         for i in range(0, len(edit_texts), n):
             out += evaluate_batch(self, edit_texts[i : i + n], contexts[i : i + n], seeds[i : i + n])
@@ -211,9 +215,9 @@ class Student:
         """The edit's training items and the settings to train on them with. A task may provide
         ``training_items_for(edit_text, context, adapt, seed) -> (items, adapt)`` (ARC: items and per-edit
         learning rate / epochs from the teacher's directive); it raises ValueError for an unusable edit."""
-        hook = getattr(self.task, "training_items_for", None)
-        if callable(hook):
-            return hook(edit_text, context, self.cfg.adapt, seed)
+        planned = self.task.training_items_for(edit_text, context, self.cfg.adapt, seed)
+        if planned is not None:
+            return planned
         return self.task.training_items(edit_text, context, self.cfg.adapt.include_context), self.cfg.adapt
 
     def adapted(self, items: list[TrainingItem], seed: int, adapt: AdaptConfig | None = None) -> _Adapted:
@@ -265,9 +269,7 @@ class _Adapted:
         s, a = self.s, self.a
         torch.manual_seed(self.seed)
         if a.method == "lora":
-            from peft import get_peft_model
-
-            s.model = get_peft_model(s.model, lora_config(a, s.model_type))
+            s.model = inject_lora(s.model, lora_config(a, s.model_type))
         else:
             self._snapshot = {k: v.detach().clone() for k, v in s.model.state_dict().items()}
             for p in s.model.parameters():
@@ -303,12 +305,6 @@ class _Adapted:
 NO_USABLE_TEXT = "edit has no usable text"
 
 
-def repeat_seed(seed: int, r: int) -> int:
-    """The seed of an edit's (or eval update's) r-th repeat under ``adapt.eval_times`` (r = 0: its own seed);
-    the loop (:meth:`Student.evaluate_edits`) and `teachedit eval` share it."""
-    return seed if r == 0 else (seed * 1_000_003 + r * 7_919) & 0x7FFFFFFF
-
-
 def mean_outcome(outcomes: list[StudentOutcome]) -> StudentOutcome:
     """One edit's outcome from its ``eval_times`` updates: the mean adapted score, or the first failure."""
     first = outcomes[0]
@@ -326,48 +322,3 @@ def mean_outcome(outcomes: list[StudentOutcome]) -> StudentOutcome:
     losses = [o.train_loss for o in outcomes if o.train_loss is not None]
     loss = sum(losses) / len(losses) if losses else None
     return StudentOutcome(first.baseline, mean, 0.0, train_loss=loss, note=first.note)
-
-
-def non_finite_loss(value: float) -> str:
-    return f"non-finite inner-loop loss ({value}); lower adapt.learning_rate"
-
-
-def lora_config(a: AdaptConfig, model_type: str) -> Any:
-    """The peft ``LoraConfig`` of a student's inner loop (shared by the sequential and batched paths)."""
-    from peft import LoraConfig
-
-    targets: Any
-    if a.target_modules is None:
-        targets = None  # peft's per-architecture default (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING)
-    elif list(a.target_modules) == ["all-linear"]:
-        targets = "all-linear"
-    else:
-        targets = list(a.target_modules)
-    return LoraConfig(
-        r=a.lora_r,
-        lora_alpha=a.lora_alpha,
-        lora_dropout=a.lora_dropout,
-        target_modules=targets,
-        task_type="CAUSAL_LM",
-        fan_in_fan_out=model_type == "gpt2",  # GPT-2 stores Conv1D weights transposed
-    )
-
-
-def set_train_mode(model: Any, method: str) -> None:
-    """Full fine-tuning trains in train mode (the model's own dropout on). LoRA keeps the frozen base in eval
-    mode, only the adapters' own dropout (``adapt.lora_dropout``) active: base dropout would draw masks from
-    the global RNG stream, so an edit's result would depend on which other edits share its batch."""
-    if method != "lora":
-        model.train()
-        return
-    from peft.tuners.lora import LoraLayer
-
-    model.eval()
-    for m in model.modules():
-        if isinstance(m, LoraLayer):
-            m.lora_dropout.train()
-
-
-def free_memory() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from orchestrator import faults
-from orchestrator.config import TeacherConfig
-from orchestrator.records import Context, Edit
-from teacher.prompts import render_prompt
+from core import faults
+from core.config import TeacherConfig
+from core.prompts import render_prompt
+from core.records import Context, Edit
 from teacher.training import sft_train
 
 log = logging.getLogger(__name__)
@@ -186,3 +186,22 @@ class Teacher:
         if directory.exists():
             shutil.rmtree(directory)
         tmp.rename(directory)
+
+    def replace_model(self, model: Any, adapter: Any = None) -> None:
+        """Take the weights an update produced (GRPO: the trainer's model, its LoRA merged); ``adapter`` is that
+        LoRA on its own, trained from the checkpoint the teacher holds now, saved with the next checkpoint."""
+        self.model = model
+        self.adapter = adapter
+        if adapter is not None:
+            adapter.base = self.initial if self.checkpoint == "round_0" else self.checkpoint
+        self.model.eval()
+
+    def load_checkpoint(self, directory: Path, checkpoint: str, model_cfg: Any) -> None:
+        """Load a saved checkpoint (``teacher/round_<k>``) in place of the current weights, on the same device."""
+        from core.models import load_causal_lm
+
+        device = next(self.model.parameters()).device
+        self.model = load_causal_lm(str(directory), model_cfg, device)
+        self.model.eval()
+        self.checkpoint = checkpoint
+        self.adapter = None

@@ -95,7 +95,7 @@ def sft_train(
     device = next(model.parameters()).device
     on_cpu = device.type == "cpu"
     workdir = output_dir or tempfile.mkdtemp(prefix="teachedit-sft-")
-    from orchestrator import trl_args
+    from core import trl_args
 
     defaults = dict(
         output_dir=workdir,

@@ -21,7 +21,7 @@ CACHE = ROOT / ".cache" / "teachedit"  # tiny builds are keyed by spec hash, so 
 
 @pytest.fixture(scope="session")
 def smoke_cfg():
-    from orchestrator.config import load_config
+    from core.config import load_config
 
     return load_config(CONFIGS / "smoke.yaml", [f"run.cache_dir={CACHE}"])
 
@@ -46,7 +46,7 @@ def student_paths(smoke_cfg, task):
 @pytest.fixture
 def make_student(smoke_cfg, task, student_paths):
     """Build a fresh Student (its own model copy) by name, with optional adapt overrides."""
-    from orchestrator.models import load_causal_lm, load_tokenizer
+    from core.models import load_causal_lm, load_tokenizer
     from student.student import Student
 
     def make(name: str = "llama-t", **adapt):

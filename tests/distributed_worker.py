@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
-from orchestrator.config import load_config
-from orchestrator.distributed import all_gather, barrier, init_from_launcher
-from orchestrator.models import load_causal_lm, load_tokenizer, resolve_model_path
-from orchestrator.records import Edit
+from core.config import load_config
+from core.distributed import all_gather, barrier, init_from_launcher
+from core.models import load_causal_lm, load_tokenizer
+from core.records import Edit
+from orchestrator.models import resolve_model_path
 from orchestrator.tasks import build_task
 from student.distributed import DistributedPool, load_sharded_student
 from student.pool import StudentPool

@@ -10,8 +10,8 @@ import random
 import pytest
 import torch
 
-from orchestrator.config import load_config
-from orchestrator.records import EditResult
+from core.config import load_config
+from core.records import EditResult
 from orchestrator.rewards import assign_rewards
 from orchestrator.tasks.arc import (
     ArcFewShotTask,
@@ -82,7 +82,7 @@ def arc_student_path(arc_cfg, arc_task):
 
 @pytest.fixture
 def arc_student(arc_cfg, arc_task, arc_student_path):
-    from orchestrator.models import load_causal_lm, load_tokenizer
+    from core.models import load_causal_lm, load_tokenizer
     from student.student import Student
 
     sc = arc_cfg.students[0]
@@ -110,7 +110,7 @@ def test_bad_directive_gets_zero_reward_with_the_reason_recorded(arc_student, ar
     ctx = arc_task.train_contexts()[0]
     arc_student.baseline(ctx)
     before = _state(arc_student.model)
-    from orchestrator.records import Edit
+    from core.records import Edit
 
     result = EditResult(Edit(ctx.id, "arc-directive", 0, text, "round_0"))
     result.per_student[arc_student.name] = arc_student.evaluate_edit(text, ctx, seed=0)
@@ -187,7 +187,7 @@ def test_inner_loop_runs_end_to_end_and_restores_the_base(arc_student, arc_task)
 
 
 def test_inner_loop_items_are_deduplicated_and_capped():
-    from orchestrator.config import ArcTaskConfig
+    from core.config import ArcTaskConfig
 
     pairs = [{"input": [[1, 0], [0, 0]], "output": [[0, 1], [0, 0]]}, {"input": [[2]], "output": [[2]]}]
     d = parse_directive(_directive())
@@ -262,7 +262,7 @@ def test_score_of_a_student_right_under_every_view_is_exact(arc_task, monkeypatc
 
 # -- the task set -----------------------------------------------------------------------------------------
 def test_token_budget_drops_long_tasks_and_says_so(caplog):
-    from orchestrator.config import ArcTaskConfig
+    from core.config import ArcTaskConfig
 
     with caplog.at_level(logging.INFO, logger="orchestrator.tasks.arc"):
         small = ArcFewShotTask(ArcTaskConfig(max_tokens=300), 12, 10)
@@ -289,7 +289,7 @@ def test_token_budget_drops_long_tasks_and_says_so(caplog):
     ],
 )
 def test_bad_arc_settings_name_the_field(override, field):
-    from orchestrator.config import ConfigError
+    from core.config import ConfigError
 
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         load_config(CONFIGS / "arc_tiny.yaml", [override])

@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 import torch
 
+from core.config import ModelConfig
+from core.models import ModelLoadError, load_tokenizer
+from core.task import TrainingItem
 from orchestrator.cli import main
-from orchestrator.config import ModelConfig
-from orchestrator.models import ModelLoadError, load_tokenizer
 from orchestrator.tasks.arc_grids import parse_directive
-from orchestrator.tasks.base import TrainingItem
 
 from .conftest import CACHE, CONFIGS, ROOT
 
@@ -198,7 +198,7 @@ def _model_copy(env: Env, weights: str) -> Path:
     ``safetensors-junk`` (a file that is not safetensors) or ``pickle`` (pytorch_model.bin only)."""
     import shutil
 
-    from orchestrator.config import load_config
+    from core.config import load_config
     from orchestrator.models import resolve_model_path
 
     cfg = load_config(SMOKE, [f"run.cache_dir={CACHE}"])
@@ -250,7 +250,7 @@ def model_pickle_only(env: Env) -> None:
         "students[0].model.allow_pickle=true",
     )
     no_run_dir(env)
-    from orchestrator.models import load_causal_lm
+    from core.models import load_causal_lm
 
     with pytest.raises(ModelLoadError):  # the loader itself never falls back to pickle
         load_causal_lm(str(folder), ModelConfig(path=str(folder)), torch.device("cpu"))
@@ -282,8 +282,8 @@ def edits_file_twice(env: Env) -> None:
 
 def edits_flag_repeated(env: Env) -> None:
     """``--edits A --edits B`` (argparse's default would keep only B): every file is a source."""
+    from core.config import load_config
     from orchestrator.cli import build_parser
-    from orchestrator.config import load_config
     from orchestrator.protocols import EvalRequest, plan_eval
 
     a, b = str(EDITS_DIR / "edits_qwen2.5-7b.json"), str(EDITS_DIR / "edits_gpt4_1.json")
@@ -572,8 +572,8 @@ def prompt_template_unsafe(env: Env) -> None:
 
 
 def teacher_prompt_over_max_length(env: Env) -> None:
-    from orchestrator.config import load_config
-    from orchestrator.runner import build_teacher
+    from core.config import load_config
+    from orchestrator.models import build_teacher
 
     cfg = load_config(SMOKE, [f"run.cache_dir={CACHE}", "teacher.train.max_length=16"])
     teacher, _ = build_teacher(cfg, env.task, torch.device("cpu"))
@@ -655,7 +655,7 @@ def test_bad_input(case, tmp_path, capsys, monkeypatch, make_student, task):
 
 
 def test_every_case_is_in_the_docs_table():
-    from orchestrator.faults import POINTS
+    from core.faults import POINTS
 
     bad, kills = DOCS.read_text().split("## Killed runs")
     row = re.compile(r"^\| `([a-z0-9-]+)` \|", re.M)

@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from orchestrator.records import Edit
+from core.records import Edit
 from student.batched import MultiLoRA, edit_losses, evaluate_batch, length_groups, train_adapters
 from student.head import split_model, token_losses
-from student.pool import StudentPool, edit_seed
+from student.lifecycle import edit_seed
+from student.pool import StudentPool
 from student.sequences import IGNORE, encode_item, pad_batch
 
 TOL = 1e-4
@@ -51,7 +52,7 @@ def _peft_init(s, seed):
     """The adapter peft creates under torch.manual_seed(seed), untrained."""
     from peft import get_peft_model
 
-    from student.student import lora_config
+    from student.lifecycle import lora_config
 
     torch.manual_seed(seed)
     model = get_peft_model(s.model, lora_config(s.cfg.adapt, s.model_type))
@@ -162,7 +163,7 @@ def _full_logits_edit_losses(logits, labels, rows):
 def test_head_only_loss_equals_full_logits(make_student, task, name):
     """The loss from logits at labelled positions only equals the one from full logits, per edit, values and
     gradients, with rows of no label token (one inside an edit, one making up an edit: NaN both ways)."""
-    from orchestrator.tasks.base import TrainingItem
+    from core.task import TrainingItem
 
     s = make_student(name, learning_rate=3e-2)
     assert split_model(s.model) is not None, "the fast path is taken"

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import ConfigError, load_config, to_yaml
+from core.config import ConfigError, load_config, to_yaml
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ALL_YAML = sorted(p for p in CONFIGS.rglob("*.yaml"))
@@ -79,8 +79,8 @@ def test_trust_remote_code_is_off_by_default():
 
 
 def test_config_show_lists_every_field_with_its_default_and_help(capsys):
+    from core.config import Config, describe_fields
     from orchestrator.cli import main
-    from orchestrator.config import Config, describe_fields
 
     rows = describe_fields()
     assert all(help_text for *_, help_text in rows), "every field has a help string"
@@ -101,8 +101,8 @@ def test_model_dtype_auto_and_attn_implementation_reach_from_pretrained(tmp_path
     refused naming the field."""
     import torch
 
-    from orchestrator.config import ConfigError, ModelConfig, load_config
-    from orchestrator.models import load_causal_lm
+    from core.config import ConfigError, ModelConfig, load_config
+    from core.models import load_causal_lm
 
     path = student_paths["llama-t"]
     model = load_causal_lm(
@@ -123,7 +123,7 @@ def test_trainer_args_reach_trl_and_bad_ones_are_refused(tmp_path):
     the TRL config, merged over the project's settings; unknown or project-owned fields are refused."""
     from trl import GRPOConfig, SFTConfig
 
-    from orchestrator import trl_args
+    from core import trl_args
     from orchestrator.preflight import check_trainer_args
 
     args = trl_args.build(
@@ -151,7 +151,7 @@ def test_teacher_update_uses_trainer_args(smoke_cfg, task):
 
     import torch
 
-    from orchestrator.runner import build_teacher
+    from orchestrator.models import build_teacher
 
     cfg = copy.deepcopy(smoke_cfg)
     cfg.teacher.train.trainer_args = {"max_steps": 1, "logging_steps": 1}

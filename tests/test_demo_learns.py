@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config import load_config
+from core.config import load_config
 from orchestrator.runner import Runner
 
 from .conftest import CACHE, CONFIGS

@@ -79,7 +79,7 @@ def _free_port() -> int:
 
 # -- without a launcher ----------------------------------------------------------------------------------------
 def test_single_process_helpers_are_the_identity():
-    from orchestrator.distributed import all_gather, all_ranks, current, launched, on_rank0
+    from core.distributed import all_gather, all_ranks, current, launched, on_rank0
 
     assert not launched() and current().world_size == 1 and current().is_main
     assert on_rank0(lambda: 41 + 1) == 42
@@ -130,7 +130,7 @@ def test_student_deepspeed_config(smoke_cfg):
 
 
 def test_offload_needs_sharding():
-    from orchestrator.config import ConfigError, load_config
+    from core.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match=r"students\[0\].offload.*zero2 or zero3"):
         load_config(CONFIGS / "smoke.yaml", ["students.0.offload=cpu"])

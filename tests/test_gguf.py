@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from core.config import ConfigError, ModelConfig, load_config
 from orchestrator import gguf
-from orchestrator.config import ConfigError, ModelConfig, load_config
 from tests.conftest import CACHE, CONFIGS
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from orchestrator.config import load_config
+from core.config import load_config
 
 from .conftest import CACHE, CONFIGS
 
@@ -30,8 +30,8 @@ GRPO_SMOKE = [
 
 def _context(tmp_path, overrides):
     from orchestrator.algorithms import RunContext
+    from orchestrator.models import build_pool, build_teacher
     from orchestrator.rundir import RunDir
-    from orchestrator.runner import build_pool, build_teacher
     from orchestrator.tasks import build_task
 
     cfg = load_config(CONFIGS / "smoke.yaml", overrides)
@@ -89,9 +89,9 @@ def test_grpo_round_changes_the_teacher_and_logs_per_student_rewards(tmp_path, m
 
 
 def test_degenerate_edits_are_penalized_without_a_student_pass(tmp_path, monkeypatch):
+    from core.records import Edit
     from orchestrator.algorithms.base import score_batch
     from orchestrator.algorithms.grpo import PoolReward
-    from orchestrator.records import Edit
 
     ctx = _context(
         tmp_path,

@@ -12,8 +12,8 @@ import logging
 import pytest
 import torch
 
-from orchestrator import models
-from orchestrator.config import ConfigError, ModelConfig, load_config
+from core import models
+from core.config import ConfigError, ModelConfig, load_config
 
 from .conftest import CACHE, CONFIGS
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import ConfigError, bundled_configs, find_config, load_config
+from core.config import ConfigError, bundled_configs, find_config, load_config
 
 from .conftest import CONFIGS, ROOT
 
@@ -75,7 +75,7 @@ def test_the_wheel_holds_every_package_the_data_and_the_configs(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     code = (
-        "import orchestrator, pathlib; from orchestrator.config import load_config; "
+        "import orchestrator, pathlib; from core.config import load_config; "
         "c = load_config('real_cpu'); p = pathlib.Path(c.task.path); "
         "assert pathlib.Path(orchestrator.__file__).is_relative_to(pathlib.Path.cwd().parent / 'site'), orchestrator.__file__; "
         "assert p.is_file() and p.is_relative_to(pathlib.Path.cwd().parent / 'site'), p; print('ok')"

@@ -1,5 +1,5 @@
 """Plugins named in a config: a user's reward (``module:function``), task (``module:Class``) and prompt formats
-defined in YAML (orchestrator/plugins.py, docs/plugins.md). The worked example in docs/examples/my_plugins.py
+defined in YAML (core/plugins.py, docs/plugins.md). The worked example in docs/examples/my_plugins.py
 is the one exercised end to end."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from orchestrator.config import ConfigError, load_config
+from core.config import ConfigError, load_config
 
 from .conftest import CACHE, CONFIGS, ROOT
 
@@ -44,7 +44,10 @@ def load(*overrides: str):
         ("reward.name=my_plugins:ShortAnswerSquad", "must accept (baseline, adapted, score)"),
         ("reward.name=my_plugins:clipped logprob", "is not a plugin name"),
         ("reward.name=broken_plugin:f", "reward.name: importing 'broken_plugin' raised ZeroDivisionError"),
-        ("task.name=my_plugins:clipped_logprob_gain", "task.name: 'my_plugins:clipped_logprob_gain' lacks"),
+        (
+            "task.name=my_plugins:clipped_logprob_gain",
+            "task.name: 'my_plugins:clipped_logprob_gain' is a function, not a class",
+        ),
         ("task.name=no_such_module:Task", "task.name: cannot import module 'no_such_module'"),
     ],
 )
@@ -56,12 +59,16 @@ def test_a_plugin_that_cannot_load_is_a_config_error_naming_the_field(plugin_pat
 
 
 def test_combo_weights_may_name_a_plugin_reward(plugin_path):
-    from orchestrator.rewards import REWARDS
+    import my_plugins
+
+    from orchestrator.rewards import REWARDS, reward_fn
 
     cfg = load(
         "reward.name=combo", "reward.weights={accuracy_gain: 1.0, 'my_plugins:clipped_logprob_gain': 0.5}"
     )
-    assert "my_plugins:clipped_logprob_gain" in REWARDS and "combo" == cfg.reward.name
+    assert "combo" == cfg.reward.name
+    assert reward_fn("my_plugins:clipped_logprob_gain") is my_plugins.clipped_logprob_gain
+    assert "my_plugins:clipped_logprob_gain" in REWARDS  # registered on first use
 
 
 @pytest.mark.parametrize(
@@ -79,7 +86,7 @@ def test_prompt_formats_from_yaml_allow_only_the_two_placeholders(template, mess
     with pytest.raises(ConfigError) as err:
         load(f"teacher.prompt_formats={{bad: {json.dumps(template)}}}", "teacher.prompt_format=bad")
     assert "teacher.prompt_formats" in str(err.value) and message in str(err.value)
-    from teacher.prompts import PROMPT_FORMATS
+    from core.prompts import PROMPT_FORMATS
 
     assert "bad" not in PROMPT_FORMATS
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.config import JudgeConfig, load_config, to_yaml
 from orchestrator.cli import main
-from orchestrator.config import JudgeConfig, load_config, to_yaml
 from orchestrator.protocols.common import Answer, BaseAnswers, Settings, UpdateResult, update_items
 from orchestrator.protocols.continual import forgetting_matrix, run_continual
 from orchestrator.protocols.cpt import run_cpt
@@ -122,8 +122,8 @@ def test_eval_cli_every_source_kind_with_judge(squad_cfg, squad_task, contexts, 
     ]
     assert by[("small_edits", "llama-s")]["n_failed"] == 2 and by[("passage", "llama-s")]["n_failed"] == 0
     # The base row is the untouched student's score, computed here independently.
+    from core.records import StudentScore
     from orchestrator.protocols.evaluate import load_student
-    from orchestrator.records import StudentScore
 
     student = load_student(load_config(cfg_path), 0, squad_task, torch.device("cpu"))
     ref = StudentScore.mean([student.score(c) for c in contexts[:2]])

@@ -31,7 +31,8 @@ def test_the_lora_update_is_saved_as_an_adapter_that_rebuilds_the_merged_teacher
     from peft import PeftModel
     from safetensors.torch import load_file
 
-    from orchestrator.models import load_causal_lm, resolve_model_path
+    from core.models import load_causal_lm
+    from orchestrator.models import resolve_model_path
 
     adapter = lora_run / "teacher" / "round_1" / "adapter"
     config = json.loads((adapter / "adapter_config.json").read_text())

@@ -18,7 +18,7 @@ from tests.conftest import CACHE, CONFIGS
 
 @pytest.fixture(scope="module")
 def real_cfg():
-    from orchestrator.config import load_config
+    from core.config import load_config
 
     return load_config(CONFIGS / "real_cpu.yaml", [f"run.cache_dir={CACHE}"])
 
@@ -26,7 +26,8 @@ def real_cfg():
 @pytest.fixture(scope="module")
 def smol(real_cfg):
     """The SmolLM2 student of configs/real_cpu.yaml, with a tiny inner loop."""
-    from orchestrator.models import load_causal_lm, load_tokenizer, resolve_model_path
+    from core.models import load_causal_lm, load_tokenizer
+    from orchestrator.models import resolve_model_path
     from orchestrator.tasks import build_task
     from student.student import Student
 

@@ -1,7 +1,7 @@
 """Runs killed with SIGKILL at every kind of point resume to exactly the records of an uninterrupted run.
 
 The kills are real: ``python -m orchestrator run`` in a subprocess with ``TEACHEDIT_FAULT=POINT:N``
-(orchestrator/faults.py) kills itself at the N-th pass through POINT. The reference run and every subprocess
+(core/faults.py) kills itself at the N-th pass through POINT. The reference run and every subprocess
 use one intra-op thread, so all of them compute with the same floating-point reduction order.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator import faults
-from orchestrator.records import EditResult
+from core import faults
+from core.records import EditResult
 from orchestrator.rundir import RunDir, RunDirError
 
 from .conftest import CACHE, CONFIGS, ROOT
@@ -51,7 +51,7 @@ def one_thread():
 
 
 def run_in_process(out: Path, name: str, extra: list[str] = ()) -> Path:
-    from orchestrator.config import load_config
+    from core.config import load_config
     from orchestrator.runner import Runner
 
     cfg = load_config(CONFIGS / "smoke.yaml", [*TINY, f"run.output_dir={out}", f"run.name={name}", *extra])
@@ -316,7 +316,7 @@ def test_fault_spec_parsing_and_counting(monkeypatch):
 
 def test_fault_kills_at_the_nth_pass_and_not_before():
     code = (
-        "from orchestrator import faults\n"
+        "from core import faults\n"
         "for i in range(5):\n"
         "    print(i, flush=True)\n"
         "    faults.point('score', before_kill=lambda: print('dying', flush=True))\n"
@@ -331,7 +331,7 @@ def test_run_records_its_provenance(reference):
     """summary.json and config.yaml say what produced the run: versions, git commit, command line."""
     import subprocess as sp
 
-    from orchestrator.config import load_config
+    from core.config import load_config
 
     prov = json.loads((reference / "summary.json").read_text())["provenance"]
     for pkg in ("torch", "transformers", "trl", "peft", "deepspeed", "datasets"):

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from orchestrator.records import Edit, EditResult, StudentOutcome, StudentScore
+from core.records import Edit, EditResult, StudentOutcome, StudentScore
 from orchestrator.rewards import AGGREGATES, REWARDS, assign_rewards, edit_penalty
 
 
@@ -110,7 +110,7 @@ def test_edit_penalty_names_empty_overlong_and_unparsable_edits():
     ],
 )
 def test_reward_config_errors_name_the_fix(overrides, needle):
-    from orchestrator.config import ConfigError, load_config
+    from core.config import ConfigError, load_config
 
     from .conftest import CONFIGS
 
@@ -119,7 +119,7 @@ def test_reward_config_errors_name_the_fix(overrides, needle):
 
 
 def test_combo_config_loads():
-    from orchestrator.config import load_config
+    from core.config import load_config
 
     from .conftest import CONFIGS
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import torch
 
-from orchestrator.config import ConfigError, ModelConfig, load_config
-from orchestrator.models import load_causal_lm, load_tokenizer
+from core.config import ConfigError, ModelConfig, load_config
+from core.models import load_causal_lm, load_tokenizer
 
 from .conftest import CACHE, CONFIGS, ROOT
 

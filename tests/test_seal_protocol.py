@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import ConfigError, load_config, to_yaml
-from orchestrator.records import Context, Edit, EditResult, Question, StudentOutcome, StudentScore
+from core.config import ConfigError, load_config, to_yaml
+from core.records import Context, Edit, EditResult, Question, StudentOutcome, StudentScore
 from orchestrator.tasks.squad import SquadTask, seal_train_sequences
 
 CONFIGS_REAL = Path(__file__).resolve().parents[1] / "configs" / "real_cpu.yaml"
@@ -84,7 +84,7 @@ def test_task_items_qa_prompt_and_passage_source():
 
 
 def test_teacher_prompts_are_seals():
-    from teacher.prompts import render_prompt
+    from core.prompts import render_prompt
 
     assert render_prompt("self-qa", CTX) == (
         "Let's read the following passage and rewrite it in a question-answer format.\n\n"
@@ -123,7 +123,7 @@ def test_teacher_sft_tokens_equal_sampling_tokens(chat, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from orchestrator.config import TeacherConfig
+    from core.config import TeacherConfig
     from teacher.model import Teacher
 
     tok = _bos_tokenizer(chat)
@@ -218,7 +218,7 @@ def test_eval_refuses_trained_teacher_on_its_training_passages(tmp_path):
 
 
 def test_eval_times_averages_independent_updates(make_student, task):
-    from student.student import repeat_seed
+    from student.lifecycle import repeat_seed
 
     ctx = task.train_contexts()[0]
     edit = "\n".join(f"Q: {q.question} A: {q.answer}" for q in ctx.questions)

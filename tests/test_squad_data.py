@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from orchestrator.config import ConfigError, load_config
-from orchestrator.records import Context, Question
+from core.config import ConfigError, load_config
+from core.records import Context, Question
 from orchestrator.tasks.squad import SquadTask, load_seal_json, normalize_records
 from student.scoring import aggregate_score, exact_match, token_f1
 

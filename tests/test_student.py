@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from orchestrator.tasks.base import TrainingItem, qa_training_items, split_edit
+from core.task import TrainingItem, qa_training_items, split_edit
 from student.sequences import IGNORE, collate, encode_item
 
 
@@ -92,7 +92,7 @@ def test_empty_edit_gets_recorded_zero(make_student, task):
 def test_split_edit_and_qa_items():
     text = "**Implications:**\n1. The sky is blue.\n- Q: What colour is the sky? A: blue\n\n"
     assert split_edit(text) == ["The sky is blue.", "Q: What colour is the sky? A: blue"]
-    from orchestrator.records import Context
+    from core.records import Context
 
     ctx = Context("c", "The passage.", ())
     items = qa_training_items(text, ctx, include_context=True)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.config import ConfigError, DistillConfig, load_config, to_yaml
 from orchestrator.cli import main
-from orchestrator.config import ConfigError, DistillConfig, load_config, to_yaml
 from orchestrator.protocols.data import load_eval_data
 from orchestrator.sweep import check_sweep, ensure_teacher_run
 from orchestrator.sweep_report import Gain, pool_gain
@@ -156,7 +156,7 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_distillation_changes_the_student_and_restores_it(sweep_cfg, method):
-    from orchestrator.models import load_causal_lm, load_tokenizer
+    from core.models import load_causal_lm, load_tokenizer
     from orchestrator.sweep import Sweep
     from student.distill import DistillExample, distilled, shares_vocabulary
     from student.student import Student
@@ -195,7 +195,7 @@ def test_distillation_changes_the_student_and_restores_it(sweep_cfg, method):
 def test_cross_tokenizer_distillation_through_gold_changes_the_student_and_restores_it(sweep_cfg):
     """A student with its own tokenizer (gpt2-s) distilled from the teacher by TRL's GOLDTrainer (ULD loss):
     the student moves inside, and is bit-exactly the base afterwards."""
-    from orchestrator.models import load_causal_lm, load_tokenizer
+    from core.models import load_causal_lm, load_tokenizer
     from orchestrator.sweep import Sweep
     from student.distill import DistillExample, distilled, shares_vocabulary
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from core.config import ConfigError, load_config
 from orchestrator.cli import main
-from orchestrator.config import ConfigError, load_config
 from orchestrator.rundir import RunDir
 from orchestrator.tracking import Tracker, check_report_to, flatten
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.records import Context, StudentScore
+from core.records import Context, StudentScore
 from orchestrator.tasks.squad import SquadTask
 
 

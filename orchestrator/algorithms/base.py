@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from orchestrator.config import Config
-from orchestrator.distributed import all_gather, on_rank0
-from orchestrator.records import Context, Edit, EditResult
+from core.config import Config
+from core.distributed import all_gather, on_rank0
+from core.records import Context, Edit, EditResult
+from core.stats import mean_sem
 from orchestrator.rewards import assign_configured_rewards, edit_penalty
 from orchestrator.rundir import RunDir
 from orchestrator.tracking import NO_TRACKER, Tracker
+
+if TYPE_CHECKING:  # annotations only: the roles are built by the orchestrator (orchestrator.models)
+    from core.task import Task
+    from student.distributed import DistributedPool
+    from student.pool import StudentPool
+    from teacher.model import Teacher
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +29,9 @@ class RunContext:
     """Everything an algorithm works with. Built by the orchestrator; algorithms do not build roles."""
 
     cfg: Config
-    task: Any  # orchestrator.tasks.Task
-    teacher: Any  # teacher.model.Teacher
-    pool: Any  # student.pool.StudentPool
+    task: Task
+    teacher: Teacher
+    pool: StudentPool | DistributedPool
     rundir: RunDir
     progress: bool = False
     initial_teacher: str = ""  # path or hub id of the round-0 teacher
@@ -125,7 +131,7 @@ def score_batch(
     own = [e.key for e in edits]
     edits = _every_ranks_edits(edits)
     weights = {s.name: s.weight for s in cfg.students}
-    validate = getattr(ctx.task, "validate_edit", None)
+    validate = ctx.task.validate_edit
     done: dict[str, EditResult] = {}
 
     def finish(result: EditResult) -> None:
@@ -164,17 +170,6 @@ def _read_json(path: Any) -> Any:
         return json.load(f)
 
 
-def mean_sem(values: list[float]) -> tuple[float, float]:
-    """Mean and standard error of the mean."""
-    if not values:
-        return 0.0, 0.0
-    m = sum(values) / len(values)
-    if len(values) < 2:
-        return m, 0.0
-    var = sum((v - m) ** 2 for v in values) / (len(values) - 1)
-    return m, math.sqrt(var / len(values))
-
-
 def per_context_rewards(results: list[EditResult]) -> list[float]:
     """Mean reward per context (the unit whose spread the standard error describes)."""
     by: dict[str, list[float]] = {}
@@ -211,10 +206,9 @@ def make_report(
     mean_train, _ = mean_sem([r.reward for r in train])
     held_m, held_sem = mean_sem(per_context_rewards(heldout)) if heldout else (None, None)
     styles: dict[str, int] = {}
-    classify = getattr(ctx.task, "classify_edit", None)
-    if classify is not None:
-        for r in train + heldout:
-            k = classify(r.edit.text)
+    for r in train + heldout:
+        k = ctx.task.classify_edit(r.edit.text)
+        if k is not None:
             styles[k] = styles.get(k, 0) + 1
     return RoundReport(
         round=round_index,
@@ -245,9 +239,6 @@ def save_teacher(ctx: RunContext, round_index: int) -> None:
 
 def load_teacher(ctx: RunContext, round_index: int) -> None:
     """Load ``teacher/round_<k>`` into the run's teacher, on the device it is on."""
-    from orchestrator.models import load_causal_lm
-
-    path = ctx.rundir.teacher_dir(round_index)
-    device = next(ctx.teacher.model.parameters()).device
-    ctx.teacher.model = load_causal_lm(str(path), ctx.cfg.teacher.model, device)
-    ctx.teacher.checkpoint = f"round_{round_index}"
+    ctx.teacher.load_checkpoint(
+        ctx.rundir.teacher_dir(round_index), f"round_{round_index}", ctx.cfg.teacher.model
+    )

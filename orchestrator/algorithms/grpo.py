@@ -23,6 +23,9 @@ import tempfile
 import time
 from typing import Any
 
+from core.distributed import all_gather
+from core.prompts import render_prompt
+from core.records import Context, Edit, EditResult
 from orchestrator.algorithms.base import (
     RoundReport,
     RunContext,
@@ -32,9 +35,6 @@ from orchestrator.algorithms.base import (
     score_batch,
     score_edits,
 )
-from orchestrator.distributed import all_gather
-from orchestrator.records import Context, Edit, EditResult
-from teacher.prompts import render_prompt
 
 log = logging.getLogger(__name__)
 
@@ -154,10 +154,7 @@ class GRPO:
             try:
                 loss = float(trainer.train().training_loss)
             finally:
-                ctx.teacher.model, ctx.teacher.adapter = _plain_model(trainer, g.method)
-                if ctx.teacher.adapter is not None:  # trained from the checkpoint the teacher holds now
-                    base = ctx.teacher.checkpoint
-                    ctx.teacher.adapter.base = ctx.teacher.initial if base == "round_0" else base
+                ctx.teacher.replace_model(*_plain_model(trainer, g.method))
                 ctx.teacher.model.config._name_or_path = name_or_path
                 del trainer
         if not math.isfinite(loss):
@@ -204,7 +201,7 @@ class GRPO:
     def _grpo_config(self, round_index: int, workdir: str) -> Any:
         from trl import GRPOConfig
 
-        from orchestrator import trl_args
+        from core import trl_args
 
         cfg = self.ctx.cfg
         g, gen = cfg.algorithm.grpo, cfg.teacher.generation

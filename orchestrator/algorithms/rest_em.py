@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 
+from core.records import EditResult
 from orchestrator.algorithms.base import (
     RoundReport,
     RunContext,
@@ -15,7 +16,6 @@ from orchestrator.algorithms.base import (
     save_teacher,
     score_edits,
 )
-from orchestrator.records import EditResult
 
 log = logging.getLogger(__name__)
 

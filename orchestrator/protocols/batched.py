@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from core.records import Context
+from core.task import TrainingItem
 from orchestrator.protocols.common import (
     Answer,
     BaseAnswers,
@@ -27,12 +29,9 @@ from orchestrator.protocols.common import (
     make_answers,
     timed_update,
     update_items,
-    update_seed,
 )
 from orchestrator.protocols.data import Source
-from orchestrator.records import Context
-from orchestrator.tasks.base import TrainingItem
-from student.student import repeat_seed
+from student.lifecycle import OOM_BATCH, free_memory, repeat_seed, update_seed
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +79,8 @@ def _chunk(
     try:
         trained = _train_and_answer(student, adapters, prepared, chunk)
     except torch.OutOfMemoryError:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        log.warning(
-            "out of memory adapting %d updates together: retrying one at a time; lower adapt.edit_batch_size",
-            len(chunk),
-        )
+        free_memory()
+        log.warning(OOM_BATCH, len(chunk))
         return [timed_update(student, source, u.step, u.pairs, u.contexts, settings, base) for u in chunk]
     results = []
     for j, u in enumerate(chunk):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -11,12 +10,12 @@ from typing import Any
 
 import torch
 
+from core.records import Context, json_safe
+from core.task import TrainingItem
 from orchestrator.protocols.data import Source
-from orchestrator.records import Context, json_safe
-from orchestrator.tasks.base import TrainingItem
+from student.lifecycle import OOM_ADAPT, EditError, free_memory, repeat_seed, update_seed
 from student.scoring import exact_match, gold_logprobs, greedy_answers, token_f1
 from student.sequences import clean_text, fit_items
-from student.student import EditError, repeat_seed
 
 
 @dataclass(frozen=True)
@@ -74,12 +73,6 @@ class Settings:
             self.on_update(result)
 
 
-def update_seed(run_seed: int, source: str, student: str, step: int, context_ids: list[str]) -> int:
-    """Depends only on what is updated, not on the order updates run in."""
-    key = f"{run_seed}/{source}/{student}/{step}/{','.join(context_ids)}"
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little") & 0x7FFFFFFF
-
-
 def answer_questions(student: Any, contexts: list[Context]) -> list[Answer]:
     """Greedy no-context answers (EM, F1) and gold log-probabilities for every question of ``contexts``,
     batched across passages."""
@@ -130,10 +123,8 @@ def edit_items(
     text is one sequence of the raw passage. Returns ``(items, note, error)``; no items means unusable."""
     text = clean_text(text)
     if kind == "passage":
-        passage_item = getattr(student.task, "passage_item", None)  # SEAL: the passage under its title
-        items = [
-            passage_item(context) if callable(passage_item) else TrainingItem(prompt="", completion=text)
-        ]
+        # SQuAD: the passage under its title, as SEAL trains it; else the passage text
+        items = [student.task.passage_item(context) or TrainingItem(prompt="", completion=text)]
     else:
         try:
             items = student.task.training_items(text, context, include_context)
@@ -187,9 +178,8 @@ def adapt_and_score(
     except EditError as exc:
         error = str(exc)
     except torch.OutOfMemoryError:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        error = "out of memory while adapting or scoring; lower adapt.batch_size or eval_batch_size"
+        free_memory()
+        error = OOM_ADAPT
     return base.get(student, eval_contexts), None, error
 
 

@@ -7,7 +7,6 @@ they cannot be adapted together as the single and cpt protocols' updates are."""
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from core.records import Context
+from core.task import TrainingItem
 from orchestrator.protocols.common import (
     Answer,
     BaseAnswers,
@@ -22,68 +23,11 @@ from orchestrator.protocols.common import (
     UpdateResult,
     answer_questions,
     update_items,
-    update_seed,
 )
 from orchestrator.protocols.data import Source
-from orchestrator.records import Context
-from orchestrator.tasks.base import TrainingItem
-from student.student import EditError
+from student.lifecycle import EditError, free_memory, merge_update, update_seed
 
 METRICS = {"em": "em", "f1": "f1", "gold_logprob": "logprob"}  # matrix name -> Answer attr
-
-
-def lora_config(adapt: Any, model_type: str) -> Any:
-    """The student's LoRA as in :mod:`student.student` (whose context manager always discards the adapter;
-    here it is merged, so the adapter is built here)."""
-    from peft import LoraConfig
-
-    targets: Any = (
-        "all-linear" if list(adapt.target_modules) == ["all-linear"] else list(adapt.target_modules)
-    )
-    return LoraConfig(
-        r=adapt.lora_r,
-        lora_alpha=adapt.lora_alpha,
-        lora_dropout=adapt.lora_dropout,
-        target_modules=targets,
-        task_type="CAUSAL_LM",
-        fan_in_fan_out=model_type == "gpt2",  # GPT-2 stores Conv1D weights transposed
-    )
-
-
-def merge_update(student: Any, items: list[TrainingItem], seed: int) -> float:
-    """Train ``student`` on ``items`` and keep the change (LoRA merged, or full fine-tuning). On failure the
-    student is left as it was before this step. Returns the last epoch's mean loss."""
-    torch.manual_seed(seed)
-    if student.cfg.adapt.method == "lora":
-        from peft import get_peft_model
-
-        wrapped = get_peft_model(student.model, lora_config(student.cfg.adapt, student.model_type))
-        try:
-            loss = _finite(student.train_items(wrapped, items, seed))
-        except BaseException:
-            student.model = wrapped.unload()  # drop the unmerged adapter: weights as before the step
-            raise
-        student.model = wrapped.merge_and_unload()
-    else:
-        before = {k: v.detach().to("cpu", copy=True) for k, v in student.model.state_dict().items()}
-        for p in student.model.parameters():
-            p.requires_grad_(True)
-        try:
-            loss = _finite(student.train_items(student.model, items, seed))
-        except BaseException:
-            student.model.load_state_dict(before)
-            raise
-        finally:
-            for p in student.model.parameters():
-                p.requires_grad_(False)
-    student.model.eval()
-    return loss
-
-
-def _finite(loss: float) -> float:
-    if not math.isfinite(loss):
-        raise EditError(f"non-finite inner-loop loss ({loss}); lower adapt.learning_rate")
-    return loss
 
 
 def _step(student: Any, items: list[TrainingItem], seed: int) -> tuple[float | None, str | None]:
@@ -92,8 +36,7 @@ def _step(student: Any, items: list[TrainingItem], seed: int) -> tuple[float | N
     except EditError as exc:
         return None, str(exc)
     except torch.OutOfMemoryError:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_memory()
         return None, "out of memory while adapting; lower adapt.batch_size or adapt.max_length"
 
 

@@ -11,10 +11,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from core.records import Context
 from orchestrator.protocols.batched import Update, run_updates
 from orchestrator.protocols.common import BaseAnswers, Settings, UpdateResult
 from orchestrator.protocols.data import Source
-from orchestrator.records import Context
 
 
 def groups(contexts: list[Context], n: int) -> list[list[Context]]:

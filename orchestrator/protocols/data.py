@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.records import Context
+from core.records import Context
 from orchestrator.tasks.squad import DataFormatError, load_seal_json, to_context
 
 log = logging.getLogger(__name__)

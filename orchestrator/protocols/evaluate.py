@@ -15,7 +15,6 @@ Directory layout (``<run.output_dir>/<name>/``)::
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import time
 from collections.abc import Callable
@@ -25,8 +24,10 @@ from typing import Any
 
 import torch
 
-from orchestrator.config import Config, ConfigError, to_yaml
-from orchestrator.models import load_causal_lm, load_tokenizer, resolve_device, resolve_model_path
+from core.config import Config, ConfigError, to_yaml
+from core.models import load_causal_lm, load_tokenizer, resolve_device
+from core.records import Context, json_safe
+from orchestrator.models import resolve_model_path
 from orchestrator.protocols.common import BaseAnswers, Settings, UpdateResult
 from orchestrator.protocols.continual import (
     baseline_scores,
@@ -35,17 +36,11 @@ from orchestrator.protocols.continual import (
     run_continual,
 )
 from orchestrator.protocols.cpt import run_cpt
-from orchestrator.protocols.data import (
-    Source,
-    load_eval_data,
-    load_passages,
-    normalize_text,
-    seal_records,
-)
+from orchestrator.protocols.data import Source, load_eval_data, load_passages, normalize_text, seal_records
 from orchestrator.protocols.single import run_single
 from orchestrator.protocols.table import Row, markdown_table, summarize, triple
-from orchestrator.records import Context, json_safe
 from orchestrator.rundir import RunDir, RunDirError
+from student.lifecycle import free_memory
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +204,7 @@ def check_teacher_unseen(cfg: Config, contexts: list[Context]) -> None:
     found = trained_run(cfg.teacher.model.path)
     if found is None or found[1] == 0:
         return  # not a run's checkpoint, or the untrained round_0 teacher
-    from orchestrator.config import load_config
+    from core.config import load_config
     from orchestrator.tasks import build_task
 
     run, k = found
@@ -231,7 +226,7 @@ def teacher_source(
     cfg: Config, task: Any, contexts: list[Context], device: torch.device, rd: RunDir
 ) -> Source:
     """The config's teacher writes ``teacher.generation.num_edits`` edits per passage (then is freed)."""
-    from orchestrator.runner import build_teacher
+    from orchestrator.models import build_teacher
 
     teacher, path = build_teacher(cfg, task, device)
     log.info("teacher %s writes %d edits per passage", path, cfg.teacher.generation.num_edits)
@@ -243,19 +238,15 @@ def teacher_source(
         prompts[e.context_id] = e.prompt
     rd.write_json("teacher_edits.json", seal_records(contexts, texts, prompts))
     del teacher
-    _free()
+    free_memory(collect=True)
     return Source("teacher", "edits", texts)
 
 
 def load_student(cfg: Config, index: int, task: Any, device: torch.device) -> Any:
-    from student.student import Student
+    """The config's ``index``-th student, loaded unsharded (:func:`orchestrator.models.load_student`)."""
+    from orchestrator.models import load_student as load
 
-    sc = cfg.students[index]
-    path = resolve_model_path(sc.model, "student", task, cfg.run.cache_dir)
-    where = f"students[{index}].model"
-    return Student(
-        sc, load_causal_lm(path, sc.model, device, where), load_tokenizer(path, sc.model, where), task
-    )
+    return load(cfg.students[index], task, cfg.run.cache_dir, device, f"students[{index}].model")
 
 
 def load_judge(cfg: Config, task: Any, device: torch.device) -> Any:
@@ -283,7 +274,7 @@ def grade(cfg: Config, task: Any, results: list[UpdateResult], device: torch.dev
             "judge.jsonl", json_safe({"question": q, "gold": g, "prediction": p, **dataclasses.asdict(v)})
         )
     del judge
-    _free()
+    free_memory(collect=True)
     return {t: v.correct for t, v in zip(triples, verdicts)}
 
 
@@ -340,7 +331,7 @@ def evaluate_students(
         for source in sources:
             results += PROTOCOLS[req.protocol](student, source, contexts, settings, base)
         del student, base
-        _free()
+        free_memory(collect=True)
     return results
 
 
@@ -390,9 +381,3 @@ def _describe(req: EvalRequest, contexts: list[Context]) -> str:
     if req.k:
         parts.append(f"k: {req.k}")
     return "; ".join(parts)
-
-
-def _free() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

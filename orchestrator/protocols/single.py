@@ -8,10 +8,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from core.records import Context
 from orchestrator.protocols.batched import Update, run_updates
 from orchestrator.protocols.common import BaseAnswers, Settings, UpdateResult, timed_update
 from orchestrator.protocols.data import Source
-from orchestrator.records import Context
 
 
 def run_single(

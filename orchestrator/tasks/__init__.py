@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from core.config import TASK_NAMES, check_registry
+from core.plugins import is_plugin, load_task_plugin
+from core.task import Task, TrainingItem
 from orchestrator.tasks.arc import ArcFewShotTask
-from orchestrator.tasks.base import Task, TrainingItem
 from orchestrator.tasks.squad import SquadTask
 from orchestrator.tasks.synthetic import SyntheticTask
 
@@ -30,8 +32,14 @@ TASKS: dict[str, Callable[..., Any]] = {
 }
 
 
+check_registry(TASKS, TASK_NAMES, "orchestrator.tasks.TASKS")
+
+
 def build_task(cfg: Any) -> Task:
-    """Build the task named by ``cfg.name`` (a :class:`orchestrator.config.TaskConfig`)."""
+    """Build the task named by ``cfg.name`` (a :class:`core.config.TaskConfig`); a plugin task
+    (``module:Class``) is loaded, checked and registered on first use (:mod:`core.plugins`)."""
+    if cfg.name not in TASKS and is_plugin(cfg.name):
+        TASKS[cfg.name] = load_task_plugin(cfg.name)
     if cfg.name not in TASKS:
         raise ValueError(f"unknown task {cfg.name!r}; choose from {sorted(TASKS)}")
     return TASKS[cfg.name](cfg)

@@ -33,8 +33,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import AdaptConfig, ArcTaskConfig
-from orchestrator.records import Context, Question, StudentScore
+from core.config import AdaptConfig, ArcTaskConfig
+from core.records import Context, Question, StudentScore
+from core.task import Task, TrainingItem
 from orchestrator.tasks.arc_grids import (
     AUGMENTATIONS,
     FAMILIES,
@@ -57,11 +58,10 @@ from orchestrator.tasks.arc_grids import (
     text_to_grid,
     vote,
 )
-from orchestrator.tasks.base import TrainingItem
 
 log = logging.getLogger(__name__)
 
-PROMPT_FORMAT = "arc-directive"  # registered in teacher.prompts.PROMPT_FORMATS
+PROMPT_FORMAT = "arc-directive"  # registered in core.prompts.PROMPT_FORMATS
 BUNDLED = {
     "train_challenges": "arc-agi_training_challenges_filtered_1B_training_set.json",
     "train_solutions": "arc-agi_training_solutions_filtered_1B_training_set.json",
@@ -298,7 +298,7 @@ def synthetic_task(rng: random.Random, n_pairs: int) -> list[Pair]:
     return [{"input": g, "output": apply_augmentation(rule, g)} for g in inputs]
 
 
-class ArcFewShotTask:
+class ArcFewShotTask(Task):
     """ARC tasks as contexts; see the module docstring. Built from ``task.*`` and ``task.arc.*``."""
 
     name = "arc"

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.config import ARC_VIEWS, check_registry
+
 Grid = list[list[int]]
 Pair = dict[str, Grid]
 
@@ -339,6 +341,7 @@ AUGMENTATIONS: dict[str, Callable[[Grid], Grid]] = {
     "untile_vertical2": _untile(1, 2),
     "untile_both2": _untile(2, 2),
 }
+check_registry(AUGMENTATIONS, ARC_VIEWS, "orchestrator.tasks.arc_grids.AUGMENTATIONS")
 
 _INVERSES: dict[str, str] = {
     "identity": "identity",

@@ -32,8 +32,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from orchestrator.records import Context, Question
-from orchestrator.tasks.base import TrainingItem, qa_training_items
+from core.config import COLUMN_KEYS
+from core.records import Context, Question
+from core.task import Task, TrainingItem, qa_training_items
 
 BUNDLED = "passages.json"
 
@@ -147,10 +148,6 @@ def _read_jsonl(path: Path) -> list[dict]:
     if not records:
         raise DataFormatError(f"{path}: no records")
     return records
-
-
-# What task.columns may map: the names teachedit reads -> the names in the user's data.
-COLUMN_KEYS = ("title", "context", "questions", "question", "answer", "answers")
 
 
 def _get(row: dict, name: str) -> Any:
@@ -291,7 +288,7 @@ def to_context(record: dict, index: int, max_questions: int = 0) -> Context:
     )
 
 
-class SquadTask:
+class SquadTask(Task):
     name = "squad"
     formats = ("implications", "implications-long", "implications-very-long", "rewrite", "self-qa")
 

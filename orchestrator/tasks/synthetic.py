@@ -20,8 +20,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from orchestrator.records import Context, Question
-from orchestrator.tasks.base import TrainingItem, qa_training_items
+from core.records import Context, Question
+from core.task import Task, TrainingItem, qa_training_items
 
 SYLLABLES = ["ka", "lo", "mi", "ru", "ze", "ta", "po", "ne", "vi", "su",
              "da", "fe", "go", "hu", "ji", "bo", "ri", "sa", "tu", "me"]  # fmt: skip
@@ -148,7 +148,7 @@ def classify_edit(text: str) -> str:
     return "rewrite"
 
 
-class SyntheticTask:
+class SyntheticTask(Task):
     """People and their attributes; see the module docstring."""
 
     name = "synthetic"

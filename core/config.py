@@ -22,11 +22,57 @@ class ConfigError(ValueError):
     """A configuration value is missing, malformed or out of range. The message names the fix."""
 
 
+# The built-in names a config may choose. The registries that implement them live above this package
+# (orchestrator.tasks.TASKS, orchestrator.rewards.REWARDS / AGGREGATES, orchestrator.algorithms.ALGORITHMS,
+# orchestrator.tasks.arc_grids.AUGMENTATIONS), each checked against its tuple here when it is imported, so
+# a config is validated without importing them; a ``module:attribute`` name is a plugin (core.plugins).
+TASK_NAMES = ("synthetic", "squad", "arc")
+REWARD_NAMES = ("accuracy_gain", "logprob_gain", "combo")
+AGGREGATE_NAMES = ("mean", "min", "weighted")
+ALGORITHM_NAMES = ("rest_em", "grpo")
+# What task.columns may map: the names teachedit reads -> the names in the user's data.
+COLUMN_KEYS = ("title", "context", "questions", "question", "answer", "answers")
+# task.arc.views: the ARC grid augmentations (orchestrator/tasks/arc_grids.py).
+ARC_VIEWS = (
+    "identity",
+    "rotate90",
+    "rotate180",
+    "rotate270",
+    "flip_horizontal",
+    "flip_vertical",
+    "transpose",
+    "anti_transpose",
+    "upscale2",
+    "upscale_height2",
+    "upscale_width2",
+    "downscale2",
+    "downscale_height2",
+    "downscale_width2",
+    "tile_horizontal2",
+    "tile_vertical2",
+    "tile_both2",
+    "untile_horizontal2",
+    "untile_vertical2",
+    "untile_both2",
+)
+
+
+def check_registry(registry: Any, names: tuple[str, ...], where: str) -> None:
+    """Fail at import when a registry's built-ins and the names config validation accepts disagree."""
+    if tuple(registry) != names:
+        raise RuntimeError(
+            f"{where} registers {tuple(registry)} but core.config accepts {names}: update both"
+        )
+
+
 @dataclass
 class TinyModelSpec:
     """A tiny model built locally from a config (no download), cached by its spec."""
 
-    family: str = field(default="llama", metadata={"help": "llama | qwen2 | gpt2"})
+    family: str = field(
+        default="llama",
+        metadata={"choices": ("llama", "qwen2", "gpt2"), "help": "Architecture of the tiny model."},
+    )
     hidden_size: int = field(default=64, metadata={"help": "Width of the residual stream."})
     num_layers: int = field(default=2, metadata={"help": "Transformer blocks."})
     num_heads: int = field(default=4, metadata={"help": "Attention heads (must divide hidden_size)."})
@@ -35,7 +81,10 @@ class TinyModelSpec:
     max_position: int = field(default=256, metadata={"help": "Longest sequence the model accepts."})
     pretrain: str = field(
         default="student",
-        metadata={"help": "Corpus the task provides for pretraining: 'student', 'teacher' or 'none'."},
+        metadata={
+            "choices": ("student", "teacher", "none"),
+            "help": "Corpus the task provides for pretraining: 'student', 'teacher' or 'none'.",
+        },
     )
     pretrain_steps: int = field(default=300, metadata={"help": "Optimizer steps of tiny pretraining."})
     pretrain_lr: float = field(default=3e-3, metadata={"help": "Peak learning rate of tiny pretraining."})
@@ -70,14 +119,16 @@ class ModelConfig:
     dtype: str = field(
         default="float32",
         metadata={
-            "help": "float32 | bfloat16 | float16 | auto (the checkpoint's own dtype, from its config)"
+            "choices": ("float32", "bfloat16", "float16", "auto"),
+            "help": "float32 | bfloat16 | float16 | auto (the checkpoint's own dtype, from its config)",
         },
     )
     attn_implementation: str | None = field(
         default=None,
         metadata={
+            "choices": ("eager", "sdpa", "flash_attention_2", "flex_attention"),
             "help": "Attention kernel passed to from_pretrained: eager | sdpa | flash_attention_2 | "
-            "flex_attention; null: transformers' default for the model"
+            "flex_attention; null: transformers' default for the model",
         },
     )
     trust_remote_code: bool = field(
@@ -111,7 +162,10 @@ class ModelConfig:
 class AdaptConfig:
     """How a student is updated on one edit (SEAL's inner loop)."""
 
-    method: str = field(default="lora", metadata={"help": "lora | full"})
+    method: str = field(
+        default="lora",
+        metadata={"choices": ("lora", "full"), "help": "A LoRA per edit (peft), or full fine-tuning."},
+    )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
@@ -137,7 +191,10 @@ class AdaptConfig:
     )
     loss_on: str = field(
         default="completion",
-        metadata={"help": "completion: mask prompt tokens out of the labels; all: train on every token."},
+        metadata={
+            "choices": ("completion", "all"),
+            "help": "completion: mask prompt tokens out of the labels; all: train on every token.",
+        },
     )
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping; 0 disables."})
     eval_times: int = field(
@@ -165,12 +222,17 @@ class StudentConfig:
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     weight: float = field(default=1.0, metadata={"help": "Weight of this student in the pool's reward."})
     sharding: str = field(
-        default="none", metadata={"help": "none | zero2 | zero3 (under the deepspeed launcher)."}
+        default="none",
+        metadata={
+            "choices": ("none", "zero2", "zero3"),
+            "help": "none | zero2 | zero3 (under the deepspeed launcher).",
+        },
     )
     offload: str = field(
         default="none",
         metadata={
-            "help": "none | cpu: ZeRO-Offload of optimizer states (and zero3 parameters) to CPU memory."
+            "choices": ("none", "cpu"),
+            "help": "ZeRO-Offload of optimizer states (and zero3 parameters) to CPU memory.",
         },
     )
     max_new_tokens: int = field(default=16, metadata={"help": "Longest greedy answer when scoring."})
@@ -178,8 +240,9 @@ class StudentConfig:
     use_chat_template: str = field(
         default="auto",
         metadata={
+            "choices": ("auto", "always", "never"),
             "help": "How questions (and QA training items) are put to the student: auto (its chat template "
-            "if its tokenizer has one, e.g. instruct models) | always | never (the task's base prompt)."
+            "if its tokenizer has one, e.g. instruct models) | always | never (the task's base prompt).",
         },
     )
 
@@ -195,7 +258,13 @@ class GenerationConfig:
 
 @dataclass
 class TeacherTrainConfig:
-    method: str = field(default="full", metadata={"help": "full | lora (LoRA is merged after each round)."})
+    method: str = field(
+        default="full",
+        metadata={
+            "choices": ("full", "lora"),
+            "help": "Full fine-tuning, or LoRA (merged after each round).",
+        },
+    )
     learning_rate: float = field(default=5e-4, metadata={"help": "Teacher learning rate."})
     epochs: float = field(default=2.0, metadata={"help": "Passes over the kept edits per round."})
     batch_size: int = field(default=8, metadata={"help": "Per-device batch size."})
@@ -231,7 +300,11 @@ class TeacherConfig:
         },
     )
     use_chat_template: str = field(
-        default="auto", metadata={"help": "auto (if the tokenizer has one) | always | never"}
+        default="auto",
+        metadata={
+            "choices": ("auto", "always", "never"),
+            "help": "auto (if the tokenizer has one) | always | never",
+        },
     )
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
@@ -326,8 +399,9 @@ class TaskConfig:
     protocol: str = field(
         default="seal",
         metadata={
+            "choices": ("seal", "qa_lines"),
             "help": "squad: seal (SEAL's training sequences and QA prompt, orchestrator/tasks/squad.py) | "
-            "qa_lines (one sequence per line, 'Q: A:' lines as QA, passage only with adapt.include_context)"
+            "qa_lines (one sequence per line, 'Q: A:' lines as QA, passage only with adapt.include_context)",
         },
     )
     arc: ArcTaskConfig = field(default_factory=ArcTaskConfig, metadata={"help": "Settings of task arc."})
@@ -339,10 +413,18 @@ class RewardConfig:
         default="accuracy_gain", metadata={"help": "A registered reward (see orchestrator.rewards)."}
     )
     score: str = field(
-        default="em", metadata={"help": "em | f1 | logprob: the score whose gain is rewarded."}
+        default="em",
+        metadata={
+            "choices": ("em", "f1", "logprob"),
+            "help": "The score whose gain is rewarded.",
+        },
     )
     aggregate: str = field(
-        default="mean", metadata={"help": "mean | min | weighted (uses students[].weight)."}
+        default="mean",
+        metadata={
+            "choices": AGGREGATE_NAMES,
+            "help": "How the students' rewards combine (weighted: by students[].weight).",
+        },
     )
     weights: dict[str, float] = field(
         default_factory=dict,
@@ -386,7 +468,13 @@ class GRPOSettings:
             "help": "KL coefficient toward the teacher at the start of the round; 0 loads no reference."
         },
     )
-    method: str = field(default="full", metadata={"help": "full | lora (LoRA is merged after each round)."})
+    method: str = field(
+        default="full",
+        metadata={
+            "choices": ("full", "lora"),
+            "help": "Full fine-tuning, or LoRA (merged after each round).",
+        },
+    )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank when method=lora."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha when method=lora."})
     max_edit_tokens: int = field(
@@ -395,10 +483,17 @@ class GRPOSettings:
     )
     loss_type: str = field(
         default="dapo",
-        metadata={"help": "TRL loss: dapo | grpo | dr_grpo | bnpo | cispo | sapo (see trl.GRPOConfig)."},
+        metadata={
+            "choices": ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo"),
+            "help": "TRL loss: dapo | grpo | dr_grpo | bnpo | cispo | sapo (see trl.GRPOConfig).",
+        },
     )
     scale_rewards: str = field(
-        default="group", metadata={"help": "Advantage scaling: group (std per group) | batch | none."}
+        default="group",
+        metadata={
+            "choices": ("group", "batch", "none"),
+            "help": "Advantage scaling: group (std per group) | batch | none.",
+        },
     )
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Trade compute for memory on large teachers."}
@@ -418,8 +513,9 @@ class AlgorithmConfig:
     keep: str = field(
         default="best_of_k",
         metadata={
+            "choices": ("best_of_k", "threshold", "seal"),
             "help": "best_of_k (best edit per context if reward > threshold) | threshold (every edit above "
-            "it) | seal (SEAL's: best edit per context whatever its sign; threshold unused)"
+            "it) | seal (SEAL's: best edit per context whatever its sign; threshold unused)",
         },
     )
     threshold: float = field(default=0.0, metadata={"help": "Edits must have reward strictly above this."})
@@ -437,7 +533,13 @@ class RunConfig:
         default=".cache/teachedit", metadata={"help": "Where tiny models are built and cached."}
     )
     seed: int = field(default=0, metadata={"help": "Global seed; per-edit seeds derive from it."})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    device: str = field(
+        default="auto",
+        metadata={
+            "choices": ("auto", "cpu", "cuda"),
+            "help": "Where the models run (auto: cuda when visible).",
+        },
+    )
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing run directory."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
     report_to: list[str] = field(
@@ -455,7 +557,11 @@ class JudgeConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     use_chat_template: str = field(
-        default="auto", metadata={"help": "auto (if the tokenizer has one) | always | never"}
+        default="auto",
+        metadata={
+            "choices": ("auto", "always", "never"),
+            "help": "auto (if the tokenizer has one) | always | never",
+        },
     )
     batch_size: int = field(default=16, metadata={"help": "Grading prompts per forward pass."})
 
@@ -593,8 +699,8 @@ def _merge_students(current: list[Any], raw: Any) -> list[Any]:
 def _install_roots() -> list[Path]:
     """Where the project's own files are: a source checkout's root (``configs/``, ``orchestrator/data/``), and
     the installed ``orchestrator`` package, which holds ``configs/`` as ``orchestrator/configs``."""
-    package = Path(__file__).resolve().parent
-    return [package.parent, package]
+    root = Path(__file__).resolve().parent.parent  # the checkout, or site-packages
+    return [root, root / "orchestrator"]
 
 
 def bundled_configs() -> dict[str, Path]:
@@ -722,19 +828,8 @@ def _check_model(m: ModelConfig, where: str) -> None:
         "set model.path (hub id or folder), model.gguf (a registered GGUF source or .gguf file) or model.tiny",
     )
     _check(len(sources) <= 1, where, "set only one of model.path and model.gguf")
-    _check(
-        m.dtype in ("float32", "bfloat16", "float16", "auto"),
-        f"{where}.dtype",
-        "use float32, bfloat16, float16 or auto",
-    )
-    _check(
-        m.attn_implementation in (None, "eager", "sdpa", "flash_attention_2", "flex_attention"),
-        f"{where}.attn_implementation",
-        "use eager, sdpa, flash_attention_2 or flex_attention (or null for transformers' default)",
-    )
     if m.tiny is not None and not sources:
         t = m.tiny
-        _check(t.family in ("llama", "qwen2", "gpt2"), f"{where}.tiny.family", "use llama, qwen2 or gpt2")
         _check(
             t.hidden_size > 0 and t.num_heads > 0 and t.hidden_size % t.num_heads == 0,
             f"{where}.tiny",
@@ -742,15 +837,10 @@ def _check_model(m: ModelConfig, where: str) -> None:
         )
         _check(t.num_layers > 0, f"{where}.tiny.num_layers", "must be >= 1")
         _check(64 <= t.vocab_size <= 65536, f"{where}.tiny.vocab_size", "use 64..65536")
-        _check(
-            t.pretrain in ("student", "teacher", "none"), f"{where}.tiny.pretrain", "use student|teacher|none"
-        )
         _check(t.pretrain_steps >= 0, f"{where}.tiny.pretrain_steps", "must be >= 0")
 
 
 def _check_arc(a: ArcTaskConfig) -> None:
-    from orchestrator.tasks.arc_grids import AUGMENTATIONS
-
     for key in ("train_challenges", "train_solutions", "eval_challenges", "eval_solutions"):
         path = getattr(a, key)
         if path is not None:
@@ -762,24 +852,24 @@ def _check_arc(a: ArcTaskConfig) -> None:
     _check(a.max_per_family >= 0, "task.arc.max_per_family", "must be >= 0 (0 uses all)")
     _check(a.colour_permutations >= 0, "task.arc.colour_permutations", "must be >= 0")
     _check(len(a.views) >= 1, "task.arc.views", "list at least one view, e.g. [identity]")
-    unknown = [v for v in a.views if v not in AUGMENTATIONS]
-    _check(not unknown, "task.arc.views", f"unknown {unknown}; choose from {', '.join(AUGMENTATIONS)}")
+    unknown = [v for v in a.views if v not in ARC_VIEWS]
+    _check(not unknown, "task.arc.views", f"unknown {unknown}; choose from {', '.join(ARC_VIEWS)}")
 
 
-def _register_plugins(cfg: Config) -> None:
-    """Load what the config names from the user's own code (``module:attribute``) and the prompt formats it
-    defines, into the registries the rest of the code reads (:mod:`orchestrator.plugins`)."""
-    from orchestrator.plugins import PluginError, is_plugin, register_reward_plugin, register_task_plugin
-    from teacher.prompts import register_prompt_format
+def _check_plugins(cfg: Config) -> None:
+    """Load and check what the config names from the user's own code (``module:attribute``, :mod:`core.plugins`)
+    and the prompt formats it defines; the formats are registered for the teacher to render."""
+    from core.plugins import PluginError, is_plugin, load_reward_plugin, load_task_plugin
+    from core.prompts import register_prompt_format
 
     try:
         if is_plugin(cfg.task.name):
-            register_task_plugin(cfg.task.name, "task.name")
+            load_task_plugin(cfg.task.name, "task.name")
         for key, name in [("reward.name", cfg.reward.name)] + [
             (f"reward.weights.{n}", n) for n in cfg.reward.weights
         ]:
             if is_plugin(name):
-                register_reward_plugin(name, key)
+                load_reward_plugin(name, key)
         for name, template in cfg.teacher.prompt_formats.items():
             register_prompt_format(name, template)
     except PluginError as exc:
@@ -788,17 +878,57 @@ def _register_plugins(cfg: Config) -> None:
         raise ConfigError(f"teacher.prompt_formats: {exc}") from None
 
 
+def check_reward_config(r: RewardConfig) -> str | None:
+    """What is wrong with a ``reward`` section's combo weights and penalty, or None."""
+    from core.plugins import is_plugin
+
+    if r.name == "combo":
+        if not r.weights:
+            return "reward.name=combo needs reward.weights, e.g. {accuracy_gain: 1.0, logprob_gain: 0.1}"
+        known = [n for n in REWARD_NAMES if n != "combo"]
+        bad = sorted(n for n in r.weights if n not in known and not is_plugin(n))
+        if bad:
+            return f"reward.weights names unknown rewards {bad}; choose from {known} or a plugin (module:function)"
+        if not all(math.isfinite(float(w)) for w in r.weights.values()):
+            return "reward.weights must be finite numbers"
+    elif r.weights:
+        return (
+            "reward.weights is read only by reward.name=combo; set reward.name=combo or remove reward.weights"
+        )
+    if not math.isfinite(r.penalty):
+        return "reward.penalty must be a finite number (e.g. 0.0 or -0.5)"
+    if r.max_edit_chars < 0:
+        return "reward.max_edit_chars must be >= 0 (0: no limit)"
+    return None
+
+
+def _check_choices(obj: Any, where: str) -> None:
+    """Every field that declares ``choices`` in its metadata holds one of them (a None of an optional field
+    passes), checked recursively with the field's dotted path in the message."""
+    import dataclasses
+
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{where}.{f.name}" if where else f.name
+        choices = f.metadata.get("choices")
+        if choices is not None and value is not None:
+            _check(value in choices, key, f"use {' | '.join(choices)}, not {value!r}")
+        if dataclasses.is_dataclass(value):
+            _check_choices(value, key)
+        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            for i, item in enumerate(value):
+                _check_choices(item, f"{key}[{i}]")
+
+
 def validate(cfg: Config) -> None:
     """Check ranges and cross-field rules. Raises :class:`ConfigError` naming the field and the fix."""
-    from orchestrator.rewards import AGGREGATES, REWARDS, check_reward_config
-    from orchestrator.tasks import TASKS
+    from core.plugins import is_plugin
 
     _check(
         bool(cfg.run.name) and "/" not in cfg.run.name and cfg.run.name not in (".", ".."),
         "run.name",
         "a non-empty name without '/' (and not '.' or '..')",
     )
-    _check(cfg.run.device in ("auto", "cpu", "cuda"), "run.device", "use auto, cpu or cuda")
     _check(
         all(v in ("none", *TRACKERS) for v in cfg.run.report_to)
         and ("none" not in cfg.run.report_to or len(cfg.run.report_to) == 1),
@@ -809,14 +939,16 @@ def validate(cfg: Config) -> None:
         0 <= cfg.run.seed < 2**32, "run.seed", "must be in [0, 2**32 - 1] (the range numpy and torch seed)"
     )
     _check(0 <= cfg.task.seed < 2**32, "task.seed", "must be in [0, 2**32 - 1]")
-    _register_plugins(cfg)
+    _check_choices(cfg, "")
+    _check_plugins(cfg)
     _check(
-        cfg.task.name in TASKS, "task.name", f"unknown task '{cfg.task.name}'; choose from {sorted(TASKS)}"
+        cfg.task.name in TASK_NAMES or is_plugin(cfg.task.name),
+        "task.name",
+        f"unknown task '{cfg.task.name}'; choose from {list(TASK_NAMES)} or a plugin (module:Class)",
     )
     _check(cfg.task.num_train_contexts >= 1, "task.num_train_contexts", "must be >= 1")
     _check(cfg.task.num_heldout_contexts >= 0, "task.num_heldout_contexts", "must be >= 0")
     _check(cfg.task.max_questions >= 0, "task.max_questions", "must be >= 0 (0 keeps all)")
-    _check(cfg.task.protocol in ("seal", "qa_lines"), "task.protocol", "use seal or qa_lines")
     if cfg.task.path is not None:
         _check(Path(cfg.task.path).is_file(), "task.path", f"file not found: {cfg.task.path}")
     _check(
@@ -824,8 +956,6 @@ def validate(cfg: Config) -> None:
         "task.dataset",
         "set task.path or task.dataset, not both",
     )
-    from orchestrator.tasks.squad import COLUMN_KEYS
-
     bad = sorted(set(cfg.task.columns) - set(COLUMN_KEYS))
     _check(not bad, "task.columns", f"unknown keys {bad}; map any of {list(COLUMN_KEYS)}")
     _check(
@@ -854,13 +984,7 @@ def validate(cfg: Config) -> None:
     )
     _check(0 < g.top_p <= 1, "teacher.generation.top_p", "must be in (0, 1]")
     _check(g.max_new_tokens >= 1, "teacher.generation.max_new_tokens", "must be >= 1")
-    _check(
-        cfg.teacher.use_chat_template in ("auto", "always", "never"),
-        "teacher.use_chat_template",
-        "use auto, always or never",
-    )
     t = cfg.teacher.train
-    _check(t.method in ("full", "lora"), "teacher.train.method", "use full or lora")
     _check(t.learning_rate > 0, "teacher.train.learning_rate", "must be > 0")
     _check(t.epochs > 0, "teacher.train.epochs", "must be > 0")
     if t.deepspeed is not None:
@@ -879,7 +1003,6 @@ def validate(cfg: Config) -> None:
             "a quantized student (model.quantization) is adapted with LoRA only (QLoRA): set method=lora",
         )
         a = s.adapt
-        _check(a.method in ("lora", "full"), f"{where}.adapt.method", "use lora or full")
         _check(
             a.learning_rate > 0 and math.isfinite(a.learning_rate),
             f"{where}.adapt.learning_rate",
@@ -891,15 +1014,7 @@ def validate(cfg: Config) -> None:
         _check(a.max_sequences >= 1, f"{where}.adapt.max_sequences", "must be >= 1")
         _check(a.edit_batch_size >= 1, f"{where}.adapt.edit_batch_size", "must be >= 1 (1 = one at a time)")
         _check(a.lora_r >= 1, f"{where}.adapt.lora_r", "must be >= 1")
-        _check(a.loss_on in ("completion", "all"), f"{where}.adapt.loss_on", "use completion or all")
         _check(s.weight >= 0, f"{where}.weight", "must be >= 0")
-        _check(s.sharding in ("none", "zero2", "zero3"), f"{where}.sharding", "use none, zero2 or zero3")
-        _check(s.offload in ("none", "cpu"), f"{where}.offload", "use none or cpu")
-        _check(
-            s.use_chat_template in ("auto", "always", "never"),
-            f"{where}.use_chat_template",
-            "use auto, always or never",
-        )
         _check(a.eval_times >= 1, f"{where}.adapt.eval_times", "must be >= 1 (updates averaged per edit)")
         _check(
             a.target_modules is None or len(a.target_modules) > 0,
@@ -912,33 +1027,23 @@ def validate(cfg: Config) -> None:
             "offload needs sharding: zero2 or zero3 (set offload: none for an unsharded student)",
         )
 
-    _check(cfg.reward.name in REWARDS, "reward.name", f"unknown reward; choose from {sorted(REWARDS)}")
-    _check(cfg.reward.score in ("em", "f1", "logprob"), "reward.score", "use em, f1 or logprob")
-    _check(cfg.reward.aggregate in AGGREGATES, "reward.aggregate", f"choose from {sorted(AGGREGATES)}")
+    _check(
+        cfg.reward.name in REWARD_NAMES or is_plugin(cfg.reward.name),
+        "reward.name",
+        f"unknown reward; choose from {list(REWARD_NAMES)} or a plugin (module:function)",
+    )
     if cfg.reward.aggregate == "weighted":
         _check(sum(s.weight for s in cfg.students) > 0, "students[].weight", "weights must not all be 0")
     problem = check_reward_config(cfg.reward)
     _check(problem is None, "reward", str(problem))
 
-    from orchestrator.algorithms import ALGORITHMS
-
-    _check(cfg.algorithm.name in ALGORITHMS, "algorithm.name", f"choose from {sorted(ALGORITHMS)}")
+    _check(cfg.algorithm.name in ALGORITHM_NAMES, "algorithm.name", f"choose from {list(ALGORITHM_NAMES)}")
     _check(cfg.algorithm.rounds >= 0, "algorithm.rounds", "must be >= 0")
-    _check(
-        cfg.algorithm.keep in ("best_of_k", "threshold", "seal"),
-        "algorithm.keep",
-        "use best_of_k, threshold or seal",
-    )
     if cfg.algorithm.name == "grpo":
         _check_grpo(cfg)
     if cfg.judge is not None:
         _check_model(cfg.judge.model, "judge.model")
         _check(cfg.judge.batch_size >= 1, "judge.batch_size", "must be >= 1")
-        _check(
-            cfg.judge.use_chat_template in ("auto", "always", "never"),
-            "judge.use_chat_template",
-            "use auto, always or never",
-        )
 
 
 def _check_grpo(cfg: Config) -> None:
@@ -952,14 +1057,10 @@ def _check_grpo(cfg: Config) -> None:
     _check(g.num_generations >= 2, f"{w}.num_generations", "GRPO compares >= 2 edits per context; use >= 2")
     _check(g.learning_rate > 0 and math.isfinite(g.learning_rate), f"{w}.learning_rate", "must be > 0")
     _check(g.beta >= 0 and math.isfinite(g.beta), f"{w}.beta", "must be >= 0 (0 disables the KL term)")
-    _check(g.method in ("full", "lora"), f"{w}.method", "use full or lora")
     _check(g.lora_r >= 1, f"{w}.lora_r", "must be >= 1")
     _check(
         g.max_edit_tokens >= 0, f"{w}.max_edit_tokens", "must be >= 0 (0: teacher.generation.max_new_tokens)"
     )
-    losses = ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo")
-    _check(g.loss_type in losses, f"{w}.loss_type", f"choose from {list(losses)}")
-    _check(g.scale_rewards in ("group", "batch", "none"), f"{w}.scale_rewards", "use group, batch or none")
 
 
 def to_yaml(cfg: Config) -> str:
@@ -995,6 +1096,8 @@ def describe_fields(section: str | None = None) -> list[tuple[str, str, str, str
             else:
                 default = "(required)"
             type_name = str(hint).replace("typing.", "") if not isinstance(hint, type) else hint.__name__
+            if "choices" in f.metadata:
+                type_name = " | ".join(f.metadata["choices"])
             shown = "(required)" if default == "???" else repr(default)
             rows.append((key, type_name, shown, f.metadata.get("help", "")))
 

@@ -3,9 +3,11 @@ mypkg.tasks:MyTask``.
 
 A plugin is *code the user installed* (a module on ``sys.path``: pip-installed, or on ``PYTHONPATH``), named by
 ``module:attribute``. The config holds only that name: nothing in a config is evaluated, and a name without
-``:`` is always a built-in registry entry. Loading a plugin imports its module and registers the attribute
-under the full name in the registry it extends, so every later lookup (the loop, ``eval``, ``sweep``,
-``styles``, a resumed run, every rank under the launcher) goes through the same table as the built-ins.
+``:`` is always a built-in registry entry. Config validation loads and checks every plugin a config names
+(a bad one is a :class:`~core.config.ConfigError` naming the field); the registry it extends
+(:func:`orchestrator.rewards.reward_fn`, :func:`orchestrator.tasks.build_task`) registers it under the full
+name on first use, so every later lookup (the loop, ``eval``, ``sweep``, ``styles``, a resumed run, every rank
+under the launcher) goes through the same table as the built-ins.
 See docs/plugins.md for a worked example.
 """
 
@@ -57,15 +59,10 @@ def load_plugin(spec: str, field: str) -> Any:
     return getattr(module, attr)
 
 
-def register_reward_plugin(spec: str, field: str = "reward.name") -> None:
-    """Register the user's reward function ``spec`` in :data:`orchestrator.rewards.REWARDS` under ``spec``.
-
-    The function takes what the built-in rewards take, ``(baseline, adapted, score)`` (two
-    :class:`~orchestrator.records.StudentScore` and the configured ``reward.score``), and returns a float."""
-    from orchestrator.rewards import REWARDS
-
-    if spec in REWARDS:
-        return
+def load_reward_plugin(spec: str, field: str = "reward.name") -> Any:
+    """The user's reward function ``spec``, checked: it takes what the built-in rewards take,
+    ``(baseline, adapted, score)`` (two :class:`~core.records.StudentScore` and the configured ``reward.score``),
+    and returns a float. :func:`orchestrator.rewards.reward_fn` registers it under ``spec`` on first use."""
     fn = load_plugin(spec, field)
     if not callable(fn):
         raise PluginError(f"{field}: '{spec}' is a {type(fn).__name__}, not a function")
@@ -78,29 +75,24 @@ def register_reward_plugin(spec: str, field: str = "reward.name") -> None:
         ) from None
     except ValueError:  # no signature (a builtin): let the first call tell
         pass
-    REWARDS[spec] = fn
+    return fn
 
 
-def register_task_plugin(spec: str, field: str = "task.name") -> None:
-    """Register the user's task class ``spec`` in :data:`orchestrator.tasks.TASKS` under ``spec``.
+def load_task_plugin(spec: str, field: str = "task.name") -> Any:
+    """The user's task class ``spec``, checked: it is constructed with the run's
+    :class:`~core.config.TaskConfig` and implements :class:`core.task.Task` (contexts, QA prompt, training
+    items, corpora). :func:`orchestrator.tasks.build_task` registers it under ``spec`` on first use."""
+    from core.task import Task
 
-    The class is constructed with the run's :class:`~orchestrator.config.TaskConfig` and implements
-    :class:`orchestrator.tasks.base.Task` (contexts, QA prompt, training items, corpora)."""
-    from orchestrator.tasks import TASKS
-
-    if spec in TASKS:
-        return
     cls = load_plugin(spec, field)
-    if not callable(cls):
+    if not isinstance(cls, type):
         raise PluginError(f"{field}: '{spec}' is a {type(cls).__name__}, not a class")
-    missing = [
-        m
-        for m in ("train_contexts", "heldout_contexts", "qa_prompt", "training_items")
-        if not hasattr(cls, m)
-    ]
-    if missing:
+    if not issubclass(cls, Task):
         raise PluginError(
-            f"{field}: '{spec}' lacks {missing}; a task implements orchestrator.tasks.base.Task "
-            "(see docs/plugins.md)"
+            f"{field}: '{spec}' is not a core.task.Task; subclass it (or a built-in task such as "
+            "orchestrator.tasks.squad.SquadTask), see docs/plugins.md"
         )
-    TASKS[spec] = cls
+    missing = sorted(getattr(cls, "__abstractmethods__", ()))
+    if missing:
+        raise PluginError(f"{field}: '{spec}' does not implement {missing} (see core.task.Task)")
+    return cls

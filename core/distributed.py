@@ -19,9 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,36 +184,3 @@ def clean_env() -> dict[str, str]:
     """This process's environment without the launcher's variables: a child started with it is a plain
     single process (an HF Trainer there does not try to join the ranks' process group)."""
     return {k: v for k, v in os.environ.items() if k not in LAUNCHER_ENV}
-
-
-def prebuild_tiny_models(cfg: Any, task: Any) -> None:
-    """Build missing tiny models before the ranks load them. Tiny pretraining is a one-process HF Trainer run;
-    inside a launched rank that Trainer would join the ranks' process group, so the first rank of each node
-    builds in a clean child process (``teachedit build``), and every rank waits for it."""
-    from orchestrator.config import to_yaml
-    from orchestrator.models import tiny_dir
-
-    specs = [
-        m.tiny
-        for m in [cfg.teacher.model, *(s.model for s in cfg.students)]
-        if m.path is None and m.gguf is None
-    ]
-    missing = [s for s in specs if not (tiny_dir(s, task, Path(cfg.run.cache_dir)) / "config.json").is_file()]
-
-    def build() -> None:
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-            f.write(to_yaml(cfg))
-        try:
-            log.info("building %d tiny model(s) in a one-process child", len(missing))
-            proc = subprocess.run(
-                [sys.executable, "-m", "orchestrator", "build", f.name],
-                env=clean_env(),
-                capture_output=True,
-                text=True,
-            )
-            if proc.returncode != 0:
-                raise RuntimeError(f"building the tiny models failed:\n{proc.stderr[-2000:]}")
-        finally:
-            os.unlink(f.name)
-
-    all_ranks(build, run=bool(missing) and current().local_rank == 0)

@@ -5,7 +5,7 @@ Every TRL config the project builds (``SFTConfig`` for the ReST-EM teacher updat
 set from the config (``teacher.train.trainer_args``, ``algorithm.grpo.trainer_args``,
 ``sweep.distill.trainer_args``): ``logging_steps``, ``warmup_steps``, ``gradient_checkpointing``,
 ``weight_decay``, ``optim``... An unknown field, a field the project must own, or a value TRL rejects is a
-:class:`orchestrator.config.ConfigError` naming the config key.
+:class:`core.config.ConfigError` naming the config key.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from orchestrator.config import ConfigError
+from core.config import ConfigError
 
 # Set by the project for correctness; a trainer_args entry for them is refused with the reason.
 OWNED = {

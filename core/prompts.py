@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import string
 
-from orchestrator.records import Context
+from core.records import Context
 
 PROMPT_FORMATS: dict[str, str] = {
     "implications": (

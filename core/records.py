@@ -1,7 +1,7 @@
 """The typed objects that flow between roles: task → teacher → student pool → reward → algorithm.
 
 Everything here is plain data with ``to_dict`` / ``from_dict`` for JSONL persistence. The teacher and student
-packages import only this module and :mod:`orchestrator.tasks.base` from the orchestrator.
+packages import only this module and :mod:`core.task` from the orchestrator.
 """
 
 from __future__ import annotations
