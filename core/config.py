@@ -1,8 +1,12 @@
 """Typed run configuration: omegaconf structured dataclasses, YAML files and ``key=value`` overrides.
 
-Every field carries ``metadata={"help": ...}``. :func:`load_config` merges the schema, a YAML file and
-command-line overrides, then :func:`validate` checks values and raises :class:`ConfigError` messages that
-name the field and the fix.
+Every field carries ``metadata={"help": ...}``; a field with a fixed set of values also declares
+``"choices"`` there, which one checker walks (the allowed values are written once, beside the field, and
+``teachedit config show`` lists them). :func:`load_config` merges the schema, a YAML file and command-line
+overrides, then :func:`validate` checks ranges, cross-field rules and the plugins a config names, and raises
+:class:`ConfigError` messages that name the field and the fix. Built-in task, reward, algorithm and ARC view
+names are constants here; the registries that implement them (in ``orchestrator``) are checked against them
+when imported, so validating a config imports nothing above this package.
 """
 
 from __future__ import annotations
@@ -593,8 +597,9 @@ class DistillConfig:
     cross_tokenizer: str = field(
         default="gold",
         metadata={
+            "choices": ("gold", "skip"),
             "help": "Students whose tokenizer differs from the teacher's: gold (TRL's GOLDTrainer with the ULD "
-            "loss, which aligns the two tokenizations of the same text) | skip (n/a in the table)"
+            "loss, which aligns the two tokenizations of the same text) | skip (n/a in the table)",
         },
     )
     trainer_args: dict[str, Any] = field(
@@ -634,7 +639,10 @@ class SweepConfig:
     k: int = field(default=0, metadata={"help": "Edits per passage used (0: all)."})
     metric: str = field(
         default="gold_logprob",
-        metadata={"help": "Gain shown in the table and heatmap: gold_logprob | em | f1."},
+        metadata={
+            "choices": ("gold_logprob", "em", "f1"),
+            "help": "Gain shown in the table and heatmap (the mean gold-answer log-prob, or EM, or F1).",
+        },
     )
     distill: DistillConfig = field(default_factory=DistillConfig)
     pools: dict[str, list[str]] = field(

@@ -10,6 +10,7 @@ folder name hashes the spec, so a second run reuses it. Loading itself is :mod:`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -233,13 +234,18 @@ def load_student(
     return Student(sc, model, tok, task)
 
 
-def build_teacher(cfg: Config, task: Any, device: torch.device) -> tuple[Any, str]:
-    """The config's teacher and the folder it was loaded from."""
+def build_teacher(cfg: Config, task: Any, device: torch.device, path: str | None = None) -> tuple[Any, str]:
+    """The config's teacher and the folder it was loaded from; ``path``: a checkpoint folder instead (e.g. a
+    run's ``teacher/round_k``), loaded with the teacher's other model settings."""
     from teacher.model import Teacher
 
-    path = resolve_model_path(cfg.teacher.model, "teacher", task, cfg.run.cache_dir)
-    tok = load_tokenizer(path, cfg.teacher.model, "teacher.model")
-    model = load_causal_lm(path, cfg.teacher.model, device, "teacher.model")
+    mc = cfg.teacher.model
+    if path is None:
+        path = resolve_model_path(mc, "teacher", task, cfg.run.cache_dir)
+    else:
+        mc = dataclasses.replace(mc, path=path, gguf=None, tiny=None)
+    tok = load_tokenizer(path, mc, "teacher.model")
+    model = load_causal_lm(path, mc, device, "teacher.model")
     return Teacher(cfg.teacher, model, tok), path
 
 

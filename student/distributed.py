@@ -205,7 +205,7 @@ class ShardedStudent(Student):
 
     # -- one edit ------------------------------------------------------------------------------------------
     @contextmanager
-    def adapted(  # type: ignore[override]
+    def adapted(
         self, items: list[TrainingItem], seed: int, adapt: AdaptConfig | None = None
     ) -> Iterator[float]:
         """Inside: the student is adapted to ``items`` with ``adapt`` (default: its own settings; a task may

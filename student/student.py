@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -103,16 +104,28 @@ class Student:
 
     # -- one edit ------------------------------------------------------------------------------------------
     def prepare(
-        self, edit_text: str, context: Context, seed: int = 0
+        self,
+        edit_text: str,
+        context: Context,
+        seed: int = 0,
+        *,
+        passage: bool = False,
+        include_context: bool | None = None,
     ) -> tuple[list[TrainingItem], AdaptConfig, str | None, str | None]:
         """``(items, adapt, error, note)``: the edit's inner-loop training sequences fitted to adapt.max_length
         and adapt.max_sequences, the settings to train with (a task may set them per edit, e.g. an ARC
-        directive), ``error`` saying why the edit cannot be used (items then empty), ``note`` what was cut."""
+        directive), ``error`` saying why the edit cannot be used (items then empty), ``note`` what was cut.
+        Every path prepares here: the loop's edits, and the eval protocols' edits and passages (``passage``:
+        the text is the passage itself, one sequence, :meth:`core.task.Task.passage_item`)."""
         a = self.cfg.adapt
-        try:
-            items, a = self.training_plan(clean_text(edit_text), context, seed)
-        except ValueError as exc:  # the task refuses the edit, e.g. an ARC directive that is not valid JSON
-            return [], a, f"edit rejected by the task: {exc}", None
+        text = clean_text(edit_text)
+        if passage:
+            items = [self.task.passage_item(context) or TrainingItem(prompt="", completion=text)]
+        else:
+            try:  # the task may refuse the edit, e.g. an ARC directive that is not valid JSON
+                items, a = self.training_plan(text, context, seed, include_context)
+            except ValueError as exc:
+                return [], a, f"edit rejected by the task: {exc}", None
         if not items or all(not (it.completion.strip()) for it in items):
             return [], a, NO_USABLE_TEXT, None
         items = [self.render_item(it, context) for it in items]
@@ -210,7 +223,7 @@ class Student:
         return out
 
     def training_plan(
-        self, edit_text: str, context: Context, seed: int
+        self, edit_text: str, context: Context, seed: int, include_context: bool | None = None
     ) -> tuple[list[TrainingItem], AdaptConfig]:
         """The edit's training items and the settings to train on them with. A task may provide
         ``training_items_for(edit_text, context, adapt, seed) -> (items, adapt)`` (ARC: items and per-edit
@@ -218,11 +231,16 @@ class Student:
         planned = self.task.training_items_for(edit_text, context, self.cfg.adapt, seed)
         if planned is not None:
             return planned
-        return self.task.training_items(edit_text, context, self.cfg.adapt.include_context), self.cfg.adapt
+        if include_context is None:
+            include_context = self.cfg.adapt.include_context
+        return self.task.training_items(edit_text, context, include_context), self.cfg.adapt
 
-    def adapted(self, items: list[TrainingItem], seed: int, adapt: AdaptConfig | None = None) -> _Adapted:
+    def adapted(
+        self, items: list[TrainingItem], seed: int, adapt: AdaptConfig | None = None
+    ) -> AbstractContextManager[float]:
         """Context manager: inside, the student is adapted to ``items`` (with ``adapt``, default the
-        student's own settings); on exit it is the base again."""
+        student's own settings) and the last epoch's loss is bound; on exit it is the base again, bit-exactly.
+        Every driver keeps this contract (:class:`student.distributed.ShardedStudent` under ZeRO)."""
         return _Adapted(self, items, seed, adapt or self.cfg.adapt)
 
     def train_items(

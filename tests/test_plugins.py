@@ -49,6 +49,11 @@ def load(*overrides: str):
             "task.name: 'my_plugins:clipped_logprob_gain' is a function, not a class",
         ),
         ("task.name=no_such_module:Task", "task.name: cannot import module 'no_such_module'"),
+        ("task.name=collections:OrderedDict", "task.name: 'collections:OrderedDict' is not a core.task.Task"),
+        (
+            "task.name=core.task:Task",  # the abstract base: none of the required methods
+            "does not implement ['heldout_contexts', 'qa_prompt', 'train_contexts', 'training_items']",
+        ),
     ],
 )
 def test_a_plugin_that_cannot_load_is_a_config_error_naming_the_field(plugin_path, override, message):

@@ -16,7 +16,7 @@ from core.config import ConfigError, DistillConfig, load_config, to_yaml
 from orchestrator.cli import main
 from orchestrator.protocols.data import load_eval_data
 from orchestrator.sweep import check_sweep, ensure_teacher_run
-from orchestrator.sweep_report import Gain, pool_gain
+from orchestrator.sweep.report import Gain, pool_gain
 
 from .conftest import CACHE, CONFIGS
 from .test_protocols import PASSAGES, SQUAD, TRAIN, _shrink
@@ -107,7 +107,7 @@ def test_sweep_2x2_distill_row_and_cache(sweep_cfg, tmp_path, capsys):
     from orchestrator.sweep import Sweep
 
     sweep = Sweep(load_config(cfg_path), out)
-    student = sweep._load_student(next(s for s in sweep.students() if s.name == "gpt2-s"))
+    student = sweep.load_student(next(s for s in sweep.students() if s.name == "gpt2-s"))
     contexts = load_eval_data(PASSAGES, [], limit=2)[0]
     expect = sum(student.score(c).logprob for c in contexts) / 2
     assert report["base"]["gpt2-s"]["gold_logprob"] == pytest.approx(expect, abs=1e-5)
@@ -164,12 +164,12 @@ def test_distillation_changes_the_student_and_restores_it(sweep_cfg, method):
     sweep = Sweep(sweep_cfg, Path("unused"))
     sc = next(s for s in sweep.students() if s.name == "llama-tt")
     sc.adapt.method, sc.adapt.epochs = method, 2
-    student = sweep._load_student(sc)
+    student = sweep.load_student(sc)
     tpath = sweep.teacher_path()
     teacher = load_causal_lm(tpath, sweep_cfg.teacher.model, torch.device("cpu"))
     assert shares_vocabulary(student.tok, load_tokenizer(tpath, sweep_cfg.teacher.model))
     other = next(s for s in sweep.students() if s.name == "gpt2-s")
-    assert not shares_vocabulary(sweep._load_student(other).tok, student.tok)
+    assert not shares_vocabulary(sweep.load_student(other).tok, student.tok)
     before = {k: v.clone() for k, v in student.model.state_dict().items()}
     probe = student.tok("Q: Who wrote it? A:", return_tensors="pt")
     with torch.no_grad():
@@ -202,7 +202,7 @@ def test_cross_tokenizer_distillation_through_gold_changes_the_student_and_resto
     sweep = Sweep(sweep_cfg, Path("unused"))
     sc = next(s for s in sweep.students() if s.name == "gpt2-s")
     sc.adapt.epochs = 2
-    student = sweep._load_student(sc)
+    student = sweep.load_student(sc)
     tpath = sweep.teacher_path()
     assert not shares_vocabulary(student.tok, load_tokenizer(tpath, sweep_cfg.teacher.model))
     teacher = load_causal_lm(tpath, sweep_cfg.teacher.model, torch.device("cpu"))
@@ -284,15 +284,16 @@ def test_pool_gain_averages_students_per_passage():
         ("sweep.students=[nobody]", "sweep.students"),
         ("sweep.protocols=[continual]", "sweep.protocols"),
         ("sweep.metric=bleu", "sweep.metric"),
+        ("sweep.distill.cross_tokenizer=uld", "sweep.distill.cross_tokenizer"),
         ("sweep.teacher_pool=C", "sweep.teacher_pool"),
         ("sweep.pools.B=[nobody]", "sweep.pools.B"),
         ("sweep.distill.teacher=edits:x", "sweep.distill.teacher"),
     ],
 )
 def test_bad_sweep_config_names_the_field(sweep_cfg, override, match):
-    cfg = load_config(CONFIGS / "sweep_tiny.yaml", [*OVERRIDES, override])
+    # a typed choice (sweep.metric) is refused on load, the sweep section's own rules by check_sweep
     with pytest.raises(ConfigError, match=match):
-        check_sweep(cfg)
+        check_sweep(load_config(CONFIGS / "sweep_tiny.yaml", [*OVERRIDES, override]))
 
 
 def test_cli_sweep_config_error_is_one_line(tmp_path, capsys):

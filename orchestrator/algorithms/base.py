@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from core.config import Config
 from core.distributed import all_gather, on_rank0
@@ -56,21 +57,28 @@ class RoundReport:
     train_student_evals: int = 0  # of which on training contexts (what the teacher learns from)
 
 
-class Algorithm(Protocol):
+class Algorithm(ABC):
     """An outer loop. ``train(r)`` scores round r's edits and updates the teacher (except after the last
-    round); ``save_checkpoint``/``load_checkpoint`` persist and restore the teacher after k updates."""
+    round); ``save_checkpoint``/``load_checkpoint`` persist and restore the teacher after k updates (by
+    default as ``teacher/round_<k>``, :func:`save_teacher` / :func:`load_teacher`)."""
 
     name: str
+    ctx: RunContext
 
-    def setup(self, ctx: RunContext) -> None: ...
+    def setup(self, ctx: RunContext) -> None:
+        self.ctx = ctx
 
+    @abstractmethod
     def train(self, round_index: int) -> RoundReport: ...
 
-    def save_checkpoint(self, round_index: int) -> None: ...
+    def save_checkpoint(self, round_index: int) -> None:
+        save_teacher(self.ctx, round_index)
 
-    def load_checkpoint(self, round_index: int) -> None: ...
+    def load_checkpoint(self, round_index: int) -> None:
+        load_teacher(self.ctx, round_index)
 
-    def cleanup(self) -> None: ...
+    def cleanup(self) -> None:  # noqa: B027 (optional hook: nothing to release by default)
+        """Release what the algorithm holds beyond the run context (called once, after the last round)."""
 
 
 def score_edits(

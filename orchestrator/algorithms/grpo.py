@@ -27,11 +27,10 @@ from core.distributed import all_gather
 from core.prompts import render_prompt
 from core.records import Context, Edit, EditResult
 from orchestrator.algorithms.base import (
+    Algorithm,
     RoundReport,
     RunContext,
-    load_teacher,
     make_report,
-    save_teacher,
     score_batch,
     score_edits,
 )
@@ -115,11 +114,11 @@ def per_student_rewards(results: list[EditResult]) -> dict[str, float]:
     return {name: sum(v) / len(v) for name, v in out.items()}
 
 
-class GRPO:
+class GRPO(Algorithm):
     name = "grpo"
 
     def setup(self, ctx: RunContext) -> None:
-        self.ctx = ctx
+        super().setup(ctx)
         self._tracking: tuple[dict[str, Any], list[Any]] = ({}, [])
 
     def train(self, round_index: int) -> RoundReport:
@@ -249,15 +248,6 @@ class GRPO:
     def _round_start_path(self, round_index: int) -> str:
         path = self.ctx.rundir.teacher_dir(round_index)
         return str(path) if round_index > 0 and path.is_dir() else self.ctx.initial_teacher
-
-    def save_checkpoint(self, round_index: int) -> None:
-        save_teacher(self.ctx, round_index)
-
-    def load_checkpoint(self, round_index: int) -> None:
-        load_teacher(self.ctx, round_index)
-
-    def cleanup(self) -> None:
-        pass
 
 
 def _plain_model(trainer: Any, method: str) -> tuple[Any, Any]:

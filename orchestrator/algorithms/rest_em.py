@@ -9,11 +9,9 @@ import time
 
 from core.records import EditResult
 from orchestrator.algorithms.base import (
+    Algorithm,
     RoundReport,
-    RunContext,
-    load_teacher,
     make_report,
-    save_teacher,
     score_edits,
 )
 
@@ -45,11 +43,8 @@ def select_edits(results: list[EditResult], rule: str, threshold: float) -> list
     return [r for r in best.values() if r.reward > threshold]
 
 
-class RestEM:
+class RestEM(Algorithm):
     name = "rest_em"
-
-    def setup(self, ctx: RunContext) -> None:
-        self.ctx = ctx
 
     def train(self, round_index: int) -> RoundReport:
         ctx, cfg = self.ctx, self.ctx.cfg
@@ -79,12 +74,3 @@ class RestEM:
                 )
             self.save_checkpoint(round_index + 1)
         return make_report(ctx, round_index, train, heldout, len(kept), started, loss)
-
-    def save_checkpoint(self, round_index: int) -> None:
-        save_teacher(self.ctx, round_index)
-
-    def load_checkpoint(self, round_index: int) -> None:
-        load_teacher(self.ctx, round_index)
-
-    def cleanup(self) -> None:
-        pass

@@ -15,7 +15,6 @@ from core.task import TrainingItem
 from orchestrator.protocols.data import Source
 from student.lifecycle import OOM_ADAPT, EditError, free_memory, repeat_seed, update_seed
 from student.scoring import exact_match, gold_logprobs, greedy_answers, token_f1
-from student.sequences import clean_text, fit_items
 
 
 @dataclass(frozen=True)
@@ -111,31 +110,15 @@ class BaseAnswers:
         return [a for c in contexts for a in self._cache[(student.name, c.id)]]
 
 
-def usable(items: list[TrainingItem]) -> bool:
-    return any(it.completion.strip() for it in items)
-
-
 def edit_items(
     student: Any, kind: str, text: str, context: Context, include_context: bool
 ) -> tuple[list[TrainingItem], str | None, str | None]:
-    """One text's training sequences for ``student``, prepared as :meth:`Student.evaluate_edit` prepares an
-    edit (clean text, the task may refuse it, bounded by adapt.max_sequences / max_length). A ``passage``
-    text is one sequence of the raw passage. Returns ``(items, note, error)``; no items means unusable."""
-    text = clean_text(text)
-    if kind == "passage":
-        # SQuAD: the passage under its title, as SEAL trains it; else the passage text
-        items = [student.task.passage_item(context) or TrainingItem(prompt="", completion=text)]
-    else:
-        try:
-            items = student.task.training_items(text, context, include_context)
-        except ValueError as exc:  # e.g. a task that parses the edit and finds it invalid
-            return [], None, f"edit rejected by the task: {exc}"
-    if not usable(items):
-        return [], None, "edit has no usable text"
-    items = [student.render_item(it, context) for it in items]  # QA items in the student's own format
-    a = student.cfg.adapt
-    items, note = fit_items(student.tok, items, a.max_length, a.max_sequences, a.loss_on)
-    return items, note, None if items else "edit has no trainable token"
+    """One text's training sequences for ``student``, prepared as the loop prepares an edit
+    (:meth:`student.student.Student.prepare`). Returns ``(items, note, error)``; no items means unusable."""
+    items, _, error, note = student.prepare(
+        text, context, passage=kind == "passage", include_context=include_context
+    )
+    return items, note, error
 
 
 def update_items(

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.config import ARC_VIEWS, check_registry
+from core.config import ARC_VIEWS
 
 Grid = list[list[int]]
 Pair = dict[str, Grid]
@@ -319,29 +319,35 @@ def _untile(nx: int, ny: int) -> Callable[[Grid], Grid]:
 
 
 #: name -> transform. A name may also be a chain ``"a+b"`` (apply ``a`` then ``b``).
-AUGMENTATIONS: dict[str, Callable[[Grid], Grid]] = {
-    "identity": identity,
-    "rotate90": rotate90,
-    "rotate180": rotate180,
-    "rotate270": rotate270,
-    "flip_horizontal": flip_horizontal,
-    "flip_vertical": flip_vertical,
-    "transpose": transpose,
-    "anti_transpose": anti_transpose,
-    "upscale2": _scale(2, 2),
-    "upscale_height2": _scale(2, 1),
-    "upscale_width2": _scale(1, 2),
-    "downscale2": _unscale(2, 2),
-    "downscale_height2": _unscale(2, 1),
-    "downscale_width2": _unscale(1, 2),
-    "tile_horizontal2": _tile(2, 1),
-    "tile_vertical2": _tile(1, 2),
-    "tile_both2": _tile(2, 2),
-    "untile_horizontal2": _untile(2, 1),
-    "untile_vertical2": _untile(1, 2),
-    "untile_both2": _untile(2, 2),
-}
-check_registry(AUGMENTATIONS, ARC_VIEWS, "orchestrator.tasks.arc_grids.AUGMENTATIONS")
+# The views' names are core.config.ARC_VIEWS (what task.arc.views may list), in this order.
+AUGMENTATIONS: dict[str, Callable[[Grid], Grid]] = dict(
+    zip(
+        ARC_VIEWS,
+        [
+            identity,
+            rotate90,
+            rotate180,
+            rotate270,
+            flip_horizontal,
+            flip_vertical,
+            transpose,
+            anti_transpose,
+            _scale(2, 2),
+            _scale(2, 1),
+            _scale(1, 2),
+            _unscale(2, 2),
+            _unscale(2, 1),
+            _unscale(1, 2),
+            _tile(2, 1),
+            _tile(1, 2),
+            _tile(2, 2),
+            _untile(2, 1),
+            _untile(1, 2),
+            _untile(2, 2),
+        ],
+        strict=True,
+    )
+)
 
 _INVERSES: dict[str, str] = {
     "identity": "identity",
@@ -360,15 +366,7 @@ _INVERSES: dict[str, str] = {
 }
 _INVERSES.update({v: k for k, v in list(_INVERSES.items())})
 
-_BASIC = (
-    "rotate90",
-    "rotate180",
-    "rotate270",
-    "flip_horizontal",
-    "flip_vertical",
-    "transpose",
-    "anti_transpose",
-)
+_BASIC = ARC_VIEWS[1:8]  # rotate90 ... anti_transpose: the dihedral group without the identity
 
 #: SEAL's augmentation families -> the named transforms each contributes.
 FAMILIES: dict[str, tuple[str, ...]] = {
