@@ -81,15 +81,9 @@ from core.config import (  # noqa: E402
     TinyModelSpec,
     load_config,
 )
+from core.models import load_causal_lm, load_tokenizer, resolve_device  # noqa: E402
 from core.records import Context  # noqa: E402
-from orchestrator.models import (  # noqa: E402
-    load_causal_lm,
-    load_tokenizer,
-    resolve_device,
-    resolve_model_path,
-    tiny_model,
-    train_tokenizer,
-)
+from orchestrator.models import resolve_model_path, tiny_model, train_tokenizer  # noqa: E402
 from orchestrator.provenance import provenance  # noqa: E402
 from orchestrator.tasks.squad import SquadTask, bundled_path, load_seal_json  # noqa: E402
 from orchestrator.tasks.synthetic import SyntheticTask  # noqa: E402
