@@ -537,6 +537,13 @@ class RunConfig:
         default=".cache/teachedit", metadata={"help": "Where tiny models are built and cached."}
     )
     seed: int = field(default=0, metadata={"help": "Global seed; per-edit seeds derive from it."})
+    dist_timeout_minutes: float = field(
+        default=60.0,
+        metadata={
+            "help": "Under a launcher: how long a collective waits for the slowest rank before the run fails "
+            "(rank 0 samples the teacher's edits while the others wait; raise it for long generations)."
+        },
+    )
     device: str = field(
         default="auto",
         metadata={
@@ -947,6 +954,11 @@ def validate(cfg: Config) -> None:
         0 <= cfg.run.seed < 2**32, "run.seed", "must be in [0, 2**32 - 1] (the range numpy and torch seed)"
     )
     _check(0 <= cfg.task.seed < 2**32, "task.seed", "must be in [0, 2**32 - 1]")
+    _check(
+        cfg.run.dist_timeout_minutes > 0 and math.isfinite(cfg.run.dist_timeout_minutes),
+        "run.dist_timeout_minutes",
+        "must be > 0 (minutes a collective waits for the slowest rank)",
+    )
     _check_choices(cfg, "")
     _check_plugins(cfg)
     _check(

@@ -71,9 +71,20 @@ def launched() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def init_from_launcher() -> DistEnv:
+_TIMEOUT_MINUTES: float | None = None  # what init_from_launcher gave the process group (None: DeepSpeed's)
+
+
+def timeout_minutes() -> float | None:
+    """The collective timeout this process group was started with (None: DeepSpeed's default)."""
+    return _TIMEOUT_MINUTES
+
+
+def init_from_launcher(timeout_minutes: float | None = None) -> DistEnv:
     """Start the process group from the launcher's environment (gloo on CPU, nccl on GPUs) before any model,
-    ``TrainingArguments`` or DeepSpeed engine is built. Without a launcher: nothing happens."""
+    ``TrainingArguments`` or DeepSpeed engine is built. Without a launcher: nothing happens.
+
+    ``timeout_minutes`` (``run.dist_timeout_minutes``) is how long a collective waits for the slowest rank
+    before it fails, e.g. while rank 0 alone samples a round's edits; None keeps DeepSpeed's default."""
     if not launched():
         return DistEnv()
     if _dist() is not None:
@@ -90,9 +101,23 @@ def init_from_launcher() -> DistEnv:
     backend = "nccl" if get_accelerator().device_name() == "cuda" else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local_rank)  # "cuda" then means this rank's GPU
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+    kwargs: dict[str, Any] = {}
+    if timeout_minutes is not None:
+        from datetime import timedelta
+
+        kwargs["timeout"] = timedelta(minutes=timeout_minutes)
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, **kwargs)
+    global _TIMEOUT_MINUTES
+    _TIMEOUT_MINUTES = timeout_minutes
     env = current()
-    log.info("rank %d of %d (local rank %d, %s)", env.rank, env.world_size, env.local_rank, backend)
+    log.info(
+        "rank %d of %d (local rank %d, %s, collectives time out after %s)",
+        env.rank,
+        env.world_size,
+        env.local_rank,
+        backend,
+        f"{timeout_minutes:g} min" if timeout_minutes is not None else "DeepSpeed's default",
+    )
     return env
 
 

@@ -47,15 +47,30 @@ def _quiet_libraries() -> None:
     datasets.disable_progress_bars()
 
 
+def _dist_timeout(args: argparse.Namespace) -> float | None:
+    """``run.dist_timeout_minutes`` of the config this ``run`` starts or resumes, read before the process group
+    exists. A config that does not load gives None here: the run loads it again and reports the error."""
+    from core.config import load_config
+
+    path = Path(args.resume) / "config.yaml" if args.resume else args.config
+    if path is None:
+        return None
+    try:
+        return load_config(path, args.overrides).run.dist_timeout_minutes
+    except Exception:  # reported, with its fix, where the run loads the config
+        return None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from core.config import load_config
-    from core.distributed import init_from_launcher, launched
+    from core.distributed import init_from_launcher, launched, timeout_minutes
     from orchestrator.report import round_table
     from orchestrator.rundir import INTERRUPTED
     from orchestrator.runner import Runner
     from orchestrator.signals import Preempted
 
-    env = init_from_launcher()  # under deepspeed/torchrun: before any model or TrainingArguments
+    # under deepspeed/torchrun: before any model or TrainingArguments, with the config's collective timeout
+    env = init_from_launcher(_dist_timeout(args) if launched() else None)
     if args.resume:
         _quiet_libraries()  # before preflight reads data files (datasets' progress bars)
         runner = Runner.resume(args.resume, args.overrides)
@@ -76,7 +91,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose, runner.rundir.path / "run.log", rank=0 if launched() else None)
     print(f"run directory: {runner.rundir.path}")
     if launched():
-        print(f"ranks: {env.world_size}")
+        minutes = timeout_minutes()
+        shown = f"{minutes:g} min" if minutes is not None else "DeepSpeed's default"
+        print(f"ranks: {env.world_size} (collectives time out after {shown}: run.dist_timeout_minutes)")
     try:
         summary = runner.run()
     except Preempted as exc:

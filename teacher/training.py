@@ -161,19 +161,26 @@ def release_deepspeed(trainer: Any, method: str, device: torch.device) -> tuple[
     """The trained weights as a plain model, free of DeepSpeed: ZeRO-3 partitions gathered on every rank
     (the teacher samples edits whole), a LoRA adapter merged, the engine destroyed, and transformers' global
     DeepSpeed config unset (else a later ``from_pretrained`` would start a collective ``zero.Init`` on one
-    rank only). Under ZeRO-2 the gather is a no-op."""
+    rank only). Under ZeRO-2 the gather is a no-op.
+
+    The plain model is built on ``device`` in the trained weights' dtype (never in float32 first) and the
+    gathered weights are copied into it directly, so a rank holds at most the gathered model and the plain
+    one at a time (a bfloat16 7B teacher: two 14 GB copies, not a 14 GB clone plus a 28 GB float32 model)."""
     import deepspeed
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     model, adapter = trainer.model, None
+    unset_hf_deepspeed_config()  # before building the plain model: else from_config would partition it
     with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
         if method == "lora":
             model, adapter = merge_lora(model)
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        state = model.state_dict()  # the gathered tensors themselves: no copy
+        dtype = next(v.dtype for v in state.values() if v.is_floating_point())
+        with torch.device(device):
+            plain = type(model)._from_config(copy.deepcopy(model.config), dtype=dtype)
+        plain.load_state_dict(state)
+        del state
     trainer.model_wrapped.destroy()
     trainer.accelerator.free_memory()
-    unset_hf_deepspeed_config()
-    dtype = next(v.dtype for v in state.values() if v.is_floating_point())
-    plain = type(model)(model.config).to(device=device, dtype=dtype)
-    plain.load_state_dict(state)
+    plain.eval()
     return plain, adapter

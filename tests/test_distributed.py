@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -86,6 +87,55 @@ def test_single_process_helpers_are_the_identity():
     assert all_gather({"a": 1}) == [{"a": 1}]
     with pytest.raises(ValueError, match="boom"):
         all_ranks(lambda: (_ for _ in ()).throw(ValueError("boom")))
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_releasing_a_trained_teacher_keeps_its_dtype_and_weights(method, monkeypatch):
+    """release_deepspeed (after a ZeRO teacher update) builds the plain model in the trained weights' dtype,
+    never float32 first, and copies the weights exactly (LoRA: merged). Without partitioned parameters the
+    gather is a no-op, so one process shows what every rank gets."""
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from teacher.training import release_deepspeed
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+    )
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    if method == "lora":
+        import copy
+
+        from peft import LoraConfig, get_peft_model
+
+        # a trained-looking adapter (B not zero), so merging changes q_proj
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))
+        want = {k: v.clone() for k, v in copy.deepcopy(model).merge_and_unload().state_dict().items()}
+    else:
+        want = {k: v.clone() for k, v in model.state_dict().items()}
+    destroyed = []
+    trainer = SimpleNamespace(
+        model=model,
+        model_wrapped=SimpleNamespace(destroy=lambda: destroyed.append(True)),
+        accelerator=SimpleNamespace(free_memory=lambda: None),
+    )
+    built = []  # the dtype each new model's parameters have right after construction
+    init = LlamaForCausalLM.__init__
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        built.append(next(self.parameters()).dtype)
+
+    monkeypatch.setattr(LlamaForCausalLM, "__init__", spy)
+    plain, adapter = release_deepspeed(trainer, method, torch.device("cpu"))
+    assert built == [torch.bfloat16], "constructed in bfloat16, never as a float32 model first"
+    assert destroyed == [True] and type(plain) is LlamaForCausalLM and not plain.training
+    assert {p.dtype for p in plain.parameters()} == {torch.bfloat16}, "built in the weights' dtype"
+    got = plain.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert (adapter is not None) == (method == "lora")
 
 
 def test_shares_differ_by_at_most_one_edit():
@@ -252,6 +302,7 @@ def test_uneven_edits_do_not_deadlock_and_match_one_process(worker):
 RUN_OVERRIDES = [
     f"run.cache_dir={CACHE}",
     "run.progress=false",
+    "run.dist_timeout_minutes=7",
     "task.num_train_contexts=3",
     "task.num_heldout_contexts=1",
     "teacher.generation.num_edits=1",  # 3 and 1 edits per phase: uneven over 2 ranks
@@ -290,6 +341,7 @@ def test_two_rank_run_writes_once_from_rank_0(runs):
     run = runs / "two"
     log = (runs / "two.log").read_text()
     assert "ranks: 2" in log and log.count("| round |") == 1, "only rank 0 prints"
+    assert "collectives time out after 7 min" in log, "run.dist_timeout_minutes starts the process group"
     assert [r["round"] for r in _records(run / "metrics.jsonl")] == [0, 1]
     for k in (0, 1):
         records = _records(run / "edits" / f"round_{k}.jsonl")
