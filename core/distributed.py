@@ -173,6 +173,12 @@ def on_rank0(fn: Callable[[], T]) -> T:
     return value
 
 
+def ranks_missing(path: Path) -> list[int]:
+    """The ranks on which ``path`` does not exist (a collective: every rank calls it, every rank gets the
+    list). Several nodes without a shared file system see different run directories."""
+    return [r for r, seen in enumerate(all_gather(path.exists())) if not seen]
+
+
 def all_gather(obj: T) -> list[T]:
     """Every rank's ``obj``, in rank order, on every rank."""
     dist = _dist()

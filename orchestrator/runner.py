@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from core.config import Config, load_config, to_yaml
-from core.distributed import is_main, launched, on_rank0
+from core.distributed import is_main, launched, on_rank0, ranks_missing
 from core.models import resolve_device
 from core.records import json_safe
 from orchestrator.algorithms import ALGORITHMS, RoundReport, RunContext
@@ -194,6 +194,13 @@ class Runner:
             raise RunDirError(
                 f"{self.rundir.path}: metrics.jsonl lists {updates} completed round(s) but the teacher "
                 f"checkpoint {self.rundir.teacher_dir(updates)} is missing; restore it, or start a new run."
+            )
+        missing = ranks_missing(self.rundir.teacher_dir(updates))  # every rank loads the checkpoint itself
+        if missing:
+            raise RunDirError(
+                f"rank(s) {missing} cannot see {self.rundir.teacher_dir(updates)}, which rank 0 wrote: resuming "
+                "under a launcher on several nodes needs the run directory on a file system every node shares "
+                "(README: Under the DeepSpeed launcher)"
             )
         algorithm.load_checkpoint(updates)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from core.config import load_config
-from core.distributed import all_gather, barrier, init_from_launcher
+from core.distributed import all_gather, barrier, init_from_launcher, ranks_missing
 from core.models import load_causal_lm, load_tokenizer
 from core.records import Edit
 from orchestrator.models import resolve_model_path
@@ -133,6 +133,13 @@ def main(out_dir: Path, cache: str) -> None:
         gpt2.evaluate_edits = evaluate_edits
         ref = ref_pool.evaluate(edits, by_id, run_seed=0)
         facts["reference"] = [{n: outcome_facts(o) for n, o in r.per_student.items()} for r in ref]
+    # Several nodes without a shared disk: each rank has its own copy of the run folder, and only rank 0's
+    # holds the checkpoint rank 0 wrote. Every rank learns which ranks lack it.
+    own = out_dir / f"disk{env.rank}" / "run" / "teacher" / "round_1"
+    if env.is_main:
+        own.mkdir(parents=True)
+    barrier()
+    facts["missing_on"] = ranks_missing(own)
     barrier()
     (out_dir / f"rank{env.rank}.json").write_text(json.dumps(facts, indent=1))
 

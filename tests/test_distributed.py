@@ -252,6 +252,32 @@ def test_zero3_rank_holds_half_of_every_parameter_and_gathering_restores_it(work
 
 
 @pytest.mark.distributed
+def test_every_rank_learns_which_ranks_cannot_see_a_checkpoint(worker):
+    """Per-rank disks (no shared file system): rank 1's copy of the run lacks the checkpoint rank 0 wrote."""
+    assert [facts["missing_on"] for facts in worker] == [[1], [1]]
+
+
+def test_resume_refuses_when_a_rank_cannot_see_the_checkpoint(tmp_path, monkeypatch):
+    """A resumed run loads ``teacher/round_k`` on every rank: a rank that cannot see it stops every rank with
+    the fix named, before any rank loads anything (rank 1's missing view stands in for a second node)."""
+    from core.config import load_config
+    from orchestrator import runner as runner_module
+    from orchestrator.rundir import RunDirError
+    from orchestrator.runner import Runner
+
+    cfg = load_config(CONFIGS / "smoke.yaml", [f"run.cache_dir={CACHE}", f"run.output_dir={tmp_path}"])
+    cfg.algorithm.rounds = 2
+    done = Runner.new(cfg)
+    done.run()
+    (done.rundir.path / "metrics.jsonl").write_text(
+        "".join(done.rundir.path.joinpath("metrics.jsonl").read_text().splitlines(True)[:1])
+    )  # as if killed after round 0: the resume loads teacher/round_1
+    monkeypatch.setattr(runner_module, "ranks_missing", lambda path: [1])
+    with pytest.raises(RunDirError, match=r"rank\(s\) \[1\] cannot see .*round_1.*file system every node shares"):
+        Runner.resume(done.rundir.path).run()
+
+
+@pytest.mark.distributed
 @pytest.mark.parametrize("variant", ["lora", "full", "zero2", "offload"])
 def test_edit_trains_through_the_engine_and_the_base_comes_back_bit_exact(worker, variant):
     """ZeRO-3 with a LoRA adapter and with full fine-tuning; ZeRO-2 and ZeRO-3 + CPU offload with LoRA."""

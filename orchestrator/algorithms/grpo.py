@@ -23,7 +23,7 @@ import tempfile
 import time
 from typing import Any
 
-from core.distributed import all_gather
+from core.distributed import all_gather, on_rank0, ranks_missing
 from core.prompts import render_prompt
 from core.records import Context, Edit, EditResult
 from orchestrator.algorithms.base import (
@@ -53,13 +53,19 @@ class PoolReward:
         self.by_id = {c.id: c for c in contexts}
         self.rank, self.world = rank, world
         self.results: list[EditResult] = []
+
         # Sample indices continue after records already in this round's file (a resumed, interrupted round),
         # so every edit key stays unique; each rank takes its own residue class.
-        self.counts: dict[str, int] = {}
-        for r in ctx.rundir.edits(round_index):
-            if not r.heldout:
-                cid = r.edit.context_id
-                self.counts[cid] = max(self.counts.get(cid, 0), r.edit.sample_index // world + 1)
+        # Rank 0 reads the run directory (other nodes may not share its disk); every rank gets the counts.
+        def counts() -> dict[str, int]:
+            out: dict[str, int] = {}
+            for r in ctx.rundir.edits(round_index):
+                if not r.heldout:
+                    cid = r.edit.context_id
+                    out[cid] = max(out.get(cid, 0), r.edit.sample_index // world + 1)
+            return out
+
+        self.counts = on_rank0(counts)
 
     def __call__(
         self, prompts: list[Any], completions: list[Any], context_id: list[str], **kwargs: Any
@@ -247,7 +253,18 @@ class GRPO(Algorithm):
 
     def _round_start_path(self, round_index: int) -> str:
         path = self.ctx.rundir.teacher_dir(round_index)
-        return str(path) if round_index > 0 and path.is_dir() else self.ctx.initial_teacher
+        if not (round_index > 0 and on_rank0(path.is_dir)):  # rank 0's view: every rank takes one branch
+            return self.ctx.initial_teacher
+        missing = ranks_missing(path)  # TRL loads the KL reference from this folder on every rank
+        if missing:
+            from orchestrator.rundir import RunDirError
+
+            raise RunDirError(
+                f"rank(s) {missing} cannot see {path}, the KL reference rank 0 wrote: GRPO with "
+                "algorithm.grpo.beta > 0 on several nodes needs the run directory on a shared file system "
+                "(or algorithm.grpo.beta=0, or method=lora, whose reference is the adapter-free model)"
+            )
+        return str(path)
 
 
 def _plain_model(trainer: Any, method: str) -> tuple[Any, Any]:
