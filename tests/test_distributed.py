@@ -273,7 +273,9 @@ def test_resume_refuses_when_a_rank_cannot_see_the_checkpoint(tmp_path, monkeypa
         "".join(done.rundir.path.joinpath("metrics.jsonl").read_text().splitlines(True)[:1])
     )  # as if killed after round 0: the resume loads teacher/round_1
     monkeypatch.setattr(runner_module, "ranks_missing", lambda path: [1])
-    with pytest.raises(RunDirError, match=r"rank\(s\) \[1\] cannot see .*round_1.*file system every node shares"):
+    with pytest.raises(
+        RunDirError, match=r"rank\(s\) \[1\] cannot see .*round_1.*file system every node shares"
+    ):
         Runner.resume(done.rundir.path).run()
 
 
