@@ -75,16 +75,22 @@ def student_ds_config(sc: StudentConfig, world_size: int) -> dict[str, Any]:
 
 @contextmanager
 def hf_zero3(config: dict[str, Any]) -> Iterator[None]:
-    """While inside, transformers sees ZeRO-3: ``from_pretrained`` partitions as it loads (``zero.Init``) and
-    ``generate`` keeps the ranks stepping together (``synced_gpus``). Unset on exit, so other models load
-    whole."""
-    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+    """While inside, transformers sees ZeRO-3: ``from_pretrained`` partitions as it loads (``zero.Init``).
+    On exit the process-wide config is what it was before: none (so other models load whole), or the one a
+    trainer installed (GRPO's ``GRPOConfig`` with a ZeRO-3 teacher), which must outlive a student's edit."""
+    from transformers.integrations import deepspeed as hf_ds
 
-    keep = HfDeepSpeedConfig(copy.deepcopy(config))  # transformers holds only a weak reference
+    before = (
+        hf_ds._hf_deepspeed_config_weak_ref() if hf_ds._hf_deepspeed_config_weak_ref is not None else None
+    )
+    keep = hf_ds.HfDeepSpeedConfig(copy.deepcopy(config))  # transformers holds only a weak reference
     try:
         yield
     finally:
-        unset_hf_deepspeed_config()
+        if before is not None:
+            hf_ds.set_hf_deepspeed_config(before)
+        else:
+            hf_ds.unset_hf_deepspeed_config()
         del keep
 
 

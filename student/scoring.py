@@ -46,6 +46,11 @@ def token_f1(prediction: str, gold: str | Sequence[str]) -> float:
 
 
 @torch.no_grad()
+def zero3_partitioned(model: Any) -> bool:
+    """Whether ``model``'s parameters are ZeRO-3 partitions (DeepSpeed tags each with ``ds_id``)."""
+    return hasattr(next(model.parameters()), "ds_id")
+
+
 def greedy_completions(
     model: Any,
     tok: Any,
@@ -63,6 +68,10 @@ def greedy_completions(
     ``add_special_tokens=False`` for prompts that already hold them (a rendered chat template)."""
     device = next(model.parameters()).device
     stop = [FirstLineDone(newline_tokens(tok, device))] if stop_at_newline else None
+    # Ranks step together only for a model partitioned across them (ZeRO-3). transformers would decide from
+    # the process-wide DeepSpeed config, which a ZeRO-3 teacher's GRPOConfig sets while unsharded students
+    # score different edits on each rank: stepping together there would deadlock on unequal call counts.
+    synced = zero3_partitioned(model)
     texts: list[str] = []
     for i in range(0, len(prompts), batch_size):
         enc = tok(
@@ -79,6 +88,7 @@ def greedy_completions(
             continue
         out = model.generate(
             **enc,
+            synced_gpus=synced,
             max_new_tokens=new,
             do_sample=False,
             pad_token_id=tok.pad_token_id,

@@ -138,6 +138,67 @@ def test_releasing_a_trained_teacher_keeps_its_dtype_and_weights(method, monkeyp
     assert (adapter is not None) == (method == "lora")
 
 
+def test_generation_steps_ranks_together_only_for_a_partitioned_model(monkeypatch):
+    """A ZeRO-3 teacher's GRPOConfig installs a process-wide DeepSpeed config while unsharded students score
+    different edits on each rank; transformers would then step every generate() in lockstep across ranks
+    and hang on unequal call counts. Scoring decides per model instead."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    from student.scoring import greedy_completions, zero3_partitioned
+
+    class Tok:
+        pad_token_id, eos_token_id = 0, 1
+
+        def __call__(self, texts: list[str], **kw: Any) -> Any:
+            from transformers import BatchEncoding
+
+            ids = torch.tensor([[2, 3, 4]] * len(texts))
+            return BatchEncoding({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+
+        def batch_decode(self, rows: Any, **kw: Any) -> list[str]:
+            return ["x" for _ in rows]
+
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+        )
+    )
+    seen: list[Any] = []
+    generate = model.generate
+    monkeypatch.setattr(model, "generate", lambda **kw: seen.append(kw["synced_gpus"]) or generate(**kw))
+    trainer_config = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_batch_size": 1})
+    try:
+        greedy_completions(model, Tok(), ["a", "b"], 2, 2)
+    finally:
+        unset_hf_deepspeed_config()
+        del trainer_config
+    assert seen == [False] and not zero3_partitioned(model)
+    next(model.parameters()).ds_id = 0  # what DeepSpeed tags a ZeRO-3 partition with
+    assert zero3_partitioned(model)
+
+
+def test_a_sharded_students_zero3_context_keeps_a_trainers_global_config():
+    """Leaving a ZeRO-3 student's context restores the process-wide config a trainer installed (GRPO with a
+    ZeRO-3 teacher), and leaves none where there was none."""
+    from transformers.integrations import deepspeed as hf_ds
+
+    from student.distributed import hf_zero3
+
+    student = {"zero_optimization": {"stage": 3}, "train_batch_size": 2}
+    trainer = hf_ds.HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_batch_size": 8})
+    try:
+        with hf_zero3(student):
+            assert hf_ds.deepspeed_config()["train_batch_size"] == 2
+        assert hf_ds.deepspeed_config() is trainer.config, "the trainer's config is back"
+    finally:
+        hf_ds.unset_hf_deepspeed_config()
+    with hf_zero3(student):
+        assert hf_ds.is_deepspeed_zero3_enabled()
+    assert hf_ds.deepspeed_config() is None
+    del trainer
+
+
 def test_shares_differ_by_at_most_one_edit():
     from student.distributed import share
 
