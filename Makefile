@@ -34,7 +34,8 @@ demo: venv
 test: venv
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q
 
-# The long cases (the demo that learns, every benchmark's quick mode, 2-rank runs, single kills): CI runs them too.
+# The long cases (the demo that learns, every benchmark's quick mode, single kills): CI runs them too.
+# (The 2-rank runs, GRPO and resume included, are in `make test`.)
 test-slow: venv
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q -m slow
 

@@ -485,7 +485,6 @@ def test_two_rank_rewards_equal_one_process(runs):
             assert abs(a2["train_loss"] - a1["train_loss"]) <= TOL
 
 
-@pytest.mark.slow
 @pytest.mark.distributed
 def test_two_rank_run_resumes_where_it_was_killed(tmp_path):
     """A 2-rank run cut in round 1 after 3 records resumes under 2 ranks: rank 0 reads what was done and
@@ -514,7 +513,6 @@ def test_two_rank_run_resumes_where_it_was_killed(tmp_path):
     assert rewards(run) == rewards(whole)
 
 
-@pytest.mark.slow
 @pytest.mark.distributed
 def test_grpo_under_two_ranks_scores_every_ranks_completions(tmp_path, smoke_cfg, task):
     """GRPO's reward function runs on each rank with that rank's completions: the ranks' edits are pooled,
@@ -563,7 +561,6 @@ def test_grpo_under_two_ranks_scores_every_ranks_completions(tmp_path, smoke_cfg
     assert any(not torch.equal(saved[k], initial[k]) for k in saved), "GRPO updated the teacher"
 
 
-@pytest.mark.slow
 @pytest.mark.distributed
 def test_two_rank_run_stops_on_sigterm_and_resumes(tmp_path):
     """Preemption under torchrun: SIGTERM to the launcher reaches both ranks; rank 0 abandons the record in
