@@ -1,8 +1,14 @@
-"""Per-rank resident parameter bytes of a ZeRO-3 student at 1 and 2 ranks (a ~30M-parameter tiny Llama).
+"""Per-rank memory of a ZeRO-3 student at 1 and 2 ranks (a ~30M-parameter tiny Llama): resident parameter
+bytes between edits, and the peak while scoring one batch and while adapting to one LoRA edit.
 
     python benchmarks/ds_memory.py                 # launches itself with torchrun at 1 and 2 ranks, prints a table
+    python benchmarks/ds_memory.py --live-parameters 2000000   # students[].zero3_max_live_parameters
     python benchmarks/ds_memory.py --ranks 1 2 4   # more ranks (on a machine with the cores or GPUs for them)
     python benchmarks/ds_memory.py --quick         # a ~5M student (checks it runs; a test runs it)
+
+The last line is ``zero3_peak_share@2: <a rank's peak at 2 ranks / the peak at 1 rank>``. The peak is the GPU
+allocator's high-water where there is a GPU; on CPU it is the parameter storage a rank holds at its highest
+(its partitions plus the layers gathered at that moment, :class:`ParameterHighWater`).
 
 Each rank loads the student through ``student.distributed.load_sharded_student`` (``zero.Init``), measures the
 bytes of parameter storage it holds (its partitions plus any whole tensor), runs one LoRA edit through a
@@ -21,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -42,7 +49,7 @@ SPEC = dict(
 QUICK_SPEC = {**SPEC, "hidden_size": 256, "num_layers": 5, "num_heads": 4, "intermediate_size": 1024}
 
 
-def student_config(quick: bool = False):
+def student_config(quick: bool = False, live_parameters: int | None = None):
     from core.config import AdaptConfig, ModelConfig, StudentConfig, TinyModelSpec
 
     return StudentConfig(
@@ -50,6 +57,7 @@ def student_config(quick: bool = False):
         model=ModelConfig(tiny=TinyModelSpec(**(QUICK_SPEC if quick else SPEC))),
         adapt=AdaptConfig(method="lora", epochs=2),
         sharding="zero3",
+        zero3_max_live_parameters=live_parameters,
     )
 
 
@@ -60,7 +68,48 @@ def peak_rss_bytes() -> int:
     return 0
 
 
-def worker(cache_dir: str, out: Path, quick: bool = False) -> None:
+class ParameterHighWater:
+    """The most parameter storage this rank held at once: its ZeRO-3 partitions plus every tensor gathered
+    whole at that moment (the layers DeepSpeed gathered for a forward pass, LoRA adapters, anything not
+    partitioned). Sampled after every module's forward, while that module's parameters are still gathered
+    (DeepSpeed releases them in a later hook), in training and in generation alike. Activations, gradients
+    and optimizer states are not counted (on a GPU, ``torch.cuda.max_memory_allocated`` counts all of it)."""
+
+    def __init__(self, model: Any):
+        self.model, self.peak = model, 0
+        self.handles = [m.register_forward_hook(self._sample) for m in model.modules()]
+
+    def held(self) -> int:
+        total = 0
+        for p in self.model.parameters():  # peft injects in place: adapters are among them during an edit
+            total += p.data.numel() * p.data.element_size()
+            part = getattr(p, "ds_tensor", None)
+            if part is not None:
+                total += part.numel() * part.element_size()
+        return total
+
+    def _sample(self, *args: Any) -> None:
+        self.peak = max(self.peak, self.held())
+
+    def reset(self) -> None:
+        self.peak = self.held()
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def accelerator_peak(reset: bool = False) -> int | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    if reset:
+        torch.cuda.reset_peak_memory_stats()
+    return int(torch.cuda.max_memory_allocated())
+
+
+def worker(cache_dir: str, out: Path, quick: bool = False, live: int | None = None) -> None:
     import torch
 
     from core.config import TaskConfig
@@ -72,14 +121,25 @@ def worker(cache_dir: str, out: Path, quick: bool = False) -> None:
 
     env = init_from_launcher()
     task = build_task(TaskConfig(name="synthetic", num_train_contexts=1, num_heldout_contexts=0))
-    sc = student_config(quick)
+    sc = student_config(quick, live)
     path = resolve_model_path(sc.model, "student", task, cache_dir)
     student = load_sharded_student(sc, path, load_tokenizer(path, sc.model), task, torch.device("cpu"))
     at_rest = student.resident_parameter_bytes()
     ctx = task.train_contexts()[0]
     edit = "\n".join(f"Q: {q.question} A: {q.answer}" for q in ctx.questions)
-    outcome = student.evaluate_edit(edit, ctx, seed=0)
+    water = ParameterHighWater(student.model)
+    accelerator_peak(reset=True)
+    student.baseline(ctx)  # one scoring batch (a scoring-only engine): greedy answers and gold log-probs
+    score_peak, score_acc = water.peak, accelerator_peak()
+    water.reset()
+    accelerator_peak(reset=True)
+    outcome = student.evaluate_edit(edit, ctx, seed=0)  # one LoRA edit through an engine, scored, removed
+    edit_peak, edit_acc = water.peak, accelerator_peak()
+    water.close()
     row = {
+        "peak_parameter_bytes_scoring": score_peak,
+        "peak_parameter_bytes_edit": edit_peak,
+        "accelerator_peak_bytes": max(score_acc, edit_acc) if score_acc is not None else None,
         "ranks": env.world_size,
         "rank": env.rank,
         "parameters": student.num_parameters,
@@ -94,7 +154,14 @@ def worker(cache_dir: str, out: Path, quick: bool = False) -> None:
         out.write_text(json.dumps(rows))
 
 
-def launch(ranks: int, cache_dir: str, out: Path, quick: bool = False) -> list[dict]:
+def peak_of(row: dict) -> int:
+    """A rank's peak: the accelerator's high-water where there is one, else parameters + gathered layers."""
+    if row["accelerator_peak_bytes"] is not None:
+        return int(row["accelerator_peak_bytes"])
+    return max(row["peak_parameter_bytes_scoring"], row["peak_parameter_bytes_edit"])
+
+
+def launch(ranks: int, cache_dir: str, out: Path, quick: bool = False, live: int | None = None) -> list[dict]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(ROOT))
     env.setdefault("DS_ACCELERATOR", "cpu")
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
@@ -102,6 +169,7 @@ def launch(ranks: int, cache_dir: str, out: Path, quick: bool = False) -> list[d
     cmd += [__file__, "--worker", "--cache-dir", cache_dir, "--out", str(out)] + (
         ["--quick"] if quick else []
     )
+    cmd += ["--live-parameters", str(live)] if live is not None else []
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"{ranks}-rank run failed:\n{proc.stderr[-3000:]}")
@@ -113,11 +181,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--cache-dir", default=str(ROOT / ".cache" / "teachedit"))
     ap.add_argument("--quick", action="store_true", help="a ~5M student instead of ~30M")
+    ap.add_argument(
+        "--live-parameters",
+        type=int,
+        help="students[].zero3_max_live_parameters: the most elements a rank keeps gathered (default: "
+        "DeepSpeed's, every layer a pass used stays gathered)",
+    )
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        worker(args.cache_dir, args.out, args.quick)
+        worker(args.cache_dir, args.out, args.quick, args.live_parameters)
         return
     from core.config import TaskConfig
     from orchestrator.models import resolve_model_path
@@ -128,21 +202,30 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.ranks:
-            rows += launch(n, args.cache_dir, Path(tmp) / f"{n}.json", args.quick)
+            rows += launch(n, args.cache_dir, Path(tmp) / f"{n}.json", args.quick, args.live_parameters)
     mib = 2**20
     print(
-        "| ranks | rank | student parameters | resident parameter MiB | share of whole | after a LoRA edit | peak RSS MiB |"
+        "| ranks | rank | student parameters | resident parameter MiB | share of whole | after a LoRA edit "
+        "| peak parameters MiB, scoring | peak parameters MiB, LoRA edit | accelerator peak MiB | peak RSS MiB |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        acc = (
+            "n/a (CPU)" if r["accelerator_peak_bytes"] is None else f"{r['accelerator_peak_bytes'] / mib:.0f}"
+        )
         print(
             f"| {r['ranks']} | {r['rank']} | {r['parameters'] / 1e6:.1f}M | {r['resident_bytes'] / mib:.1f} "
             f"| {r['resident_bytes'] / r['whole_bytes']:.3f} | {r['resident_bytes_after_edit'] / mib:.1f} "
-            f"| {r['peak_rss_bytes'] / mib:.0f} |"
+            f"| {r['peak_parameter_bytes_scoring'] / mib:.1f} | {r['peak_parameter_bytes_edit'] / mib:.1f} "
+            f"| {acc} | {r['peak_rss_bytes'] / mib:.0f} |"
         )
     bad = [r for r in rows if r["edit_error"]]
     if bad:
         sys.exit(f"an edit failed: {bad[0]['edit_error']}")
+    peak = {n: max(peak_of(r) for r in rows if r["ranks"] == n) for n in args.ranks}
+    if 1 in peak and 2 in peak:
+        # what one rank of two holds at its peak, as a share of what one rank alone holds at its peak
+        print(f"zero3_peak_share@2: {peak[2] / peak[1]:.3f}")
 
 
 if __name__ == "__main__":

@@ -239,6 +239,14 @@ class StudentConfig:
             "help": "ZeRO-Offload of optimizer states (and zero3 parameters) to CPU memory.",
         },
     )
+    zero3_max_live_parameters: int | None = field(
+        default=None,
+        metadata={
+            "help": "zero3 only: the most parameter elements a rank keeps gathered at once (DeepSpeed's "
+            "stage3_max_live_parameters, with reuse caching and prefetch off), for a student whose passes "
+            "must not gather it whole; null: DeepSpeed's defaults (a pass keeps every layer it used gathered)."
+        },
+    )
     max_new_tokens: int = field(default=16, metadata={"help": "Longest greedy answer when scoring."})
     eval_batch_size: int = field(default=32, metadata={"help": "Questions per scoring forward pass."})
     use_chat_template: str = field(
@@ -1040,6 +1048,12 @@ def validate(cfg: Config) -> None:
             a.target_modules is None or len(a.target_modules) > 0,
             f"{where}.adapt.target_modules",
             "give module names, ['all-linear'], or null for peft's per-architecture default",
+        )
+        _check(
+            s.zero3_max_live_parameters is None
+            or (s.zero3_max_live_parameters >= 1 and s.sharding == "zero3"),
+            f"{where}.zero3_max_live_parameters",
+            "a positive number of parameter elements, with sharding: zero3 (null: DeepSpeed's defaults)",
         )
         _check(
             s.offload == "none" or s.sharding != "none",

@@ -49,6 +49,11 @@ def student_ds_config(sc: StudentConfig, world_size: int) -> dict[str, Any]:
         # Partition every tensor. DeepSpeed's default keeps tensors under 1e5 elements whole on every rank,
         # which for a small student is all of them.
         zero["stage3_param_persistence_threshold"] = 0
+        if sc.zero3_max_live_parameters is not None:
+            # Release each layer after its use: no caching for reuse, no prefetch (they keep more gathered).
+            zero["stage3_max_live_parameters"] = sc.zero3_max_live_parameters
+            zero["stage3_max_reuse_distance"] = 0
+            zero["stage3_prefetch_bucket_size"] = 0
     if sc.offload == "cpu":
         zero["offload_optimizer"] = {"device": "cpu"}
         if stage == 3:

@@ -114,14 +114,22 @@ def test_grpo_vs_rest_quick(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_ds_memory_quick(capsys):
-    """Two real gloo ranks: a ZeRO-3 student's resident parameters at 2 ranks are about half those at 1."""
-    script("ds_memory").main(["--quick", "--cache-dir", str(CACHE)])
-    rows = [
-        ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| 1 |") or ln.startswith("| 2 |")
-    ]
-    shares = {(int(c[0]), int(c[1])): float(c[4]) for c in (ln.strip("|").split("|") for ln in rows)}
+    """Two real gloo ranks: a ZeRO-3 student's resident parameters at 2 ranks are about half those at 1, and
+    with zero3_max_live_parameters a rank's peak (partitions + gathered layers) is too."""
+    script("ds_memory").main(["--quick", "--cache-dir", str(CACHE), "--live-parameters", "1000000"])
+    out = capsys.readouterr().out.splitlines()
+    rows = [ln for ln in out if ln.startswith("| 1 |") or ln.startswith("| 2 |")]
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in rows]
+    shares = {(int(c[0]), int(c[1])): float(c[4]) for c in cells}
     assert shares[(1, 0)] == pytest.approx(1.0, abs=0.01)
     assert 0.4 < shares[(2, 0)] < 0.6 and 0.4 < shares[(2, 1)] < 0.6
+    peaks = {(int(c[0]), int(c[1])): max(float(c[6]), float(c[7])) for c in cells}
+    assert all(peaks[k] >= float(c[3]) for k, c in zip(peaks, cells)), "a peak holds at least the partitions"
+    name, value = out[-1].split(": ")
+    assert name == "zero3_peak_share@2" and float(value) == pytest.approx(
+        peaks[(2, 0)] / peaks[(1, 0)], abs=0.01
+    )
+    assert float(value) < 0.6, "only the partitions and one layer at a time are held"
 
 
 @pytest.mark.slow

@@ -236,6 +236,12 @@ def test_student_deepspeed_config(smoke_cfg):
     assert zero["offload_param"]["device"] == zero["offload_optimizer"]["device"] == "cpu"
     assert cfg["gradient_clipping"] == 0.5 and "optimizer" not in cfg
     assert cfg["train_batch_size"] == cfg["train_micro_batch_size_per_gpu"] * 4
+    assert "stage3_max_live_parameters" not in zero, "DeepSpeed's defaults unless asked"
+    sc.zero3_max_live_parameters = 10**6
+    zero = student_ds_config(sc, 4)["zero_optimization"]
+    assert zero["stage3_max_live_parameters"] == 10**6
+    assert zero["stage3_max_reuse_distance"] == zero["stage3_prefetch_bucket_size"] == 0
+    sc.zero3_max_live_parameters = None
     sc.sharding, sc.offload = "zero2", "none"
     assert student_ds_config(sc, 2)["zero_optimization"] == {"stage": 2}
 
