@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ SPEC = dict(
 QUICK_SPEC = {**SPEC, "hidden_size": 256, "num_layers": 5, "num_heads": 4, "intermediate_size": 1024}
 
 
-def student_config(quick: bool = False, live_parameters: int | None = None):
+def student_config(quick: bool = False, live_parameters: int | None = None, gather: bool = True):
     from core.config import AdaptConfig, ModelConfig, StudentConfig, TinyModelSpec
 
     return StudentConfig(
@@ -58,6 +59,7 @@ def student_config(quick: bool = False, live_parameters: int | None = None):
         adapt=AdaptConfig(method="lora", epochs=2),
         sharding="zero3",
         zero3_max_live_parameters=live_parameters,
+        gather_for_generation=gather,
     )
 
 
@@ -109,7 +111,9 @@ def accelerator_peak(reset: bool = False) -> int | None:
     return int(torch.cuda.max_memory_allocated())
 
 
-def worker(cache_dir: str, out: Path, quick: bool = False, live: int | None = None) -> None:
+def worker(
+    cache_dir: str, out: Path, quick: bool = False, live: int | None = None, gather: bool = True
+) -> None:
     import torch
 
     from core.config import TaskConfig
@@ -121,7 +125,7 @@ def worker(cache_dir: str, out: Path, quick: bool = False, live: int | None = No
 
     env = init_from_launcher()
     task = build_task(TaskConfig(name="synthetic", num_train_contexts=1, num_heldout_contexts=0))
-    sc = student_config(quick, live)
+    sc = student_config(quick, live, gather)
     path = resolve_model_path(sc.model, "student", task, cache_dir)
     student = load_sharded_student(sc, path, load_tokenizer(path, sc.model), task, torch.device("cpu"))
     at_rest = student.resident_parameter_bytes()
@@ -129,14 +133,21 @@ def worker(cache_dir: str, out: Path, quick: bool = False, live: int | None = No
     edit = "\n".join(f"Q: {q.question} A: {q.answer}" for q in ctx.questions)
     water = ParameterHighWater(student.model)
     accelerator_peak(reset=True)
+    started = time.perf_counter()
     student.baseline(ctx)  # one scoring batch (a scoring-only engine): greedy answers and gold log-probs
+    score_seconds = time.perf_counter() - started
     score_peak, score_acc = water.peak, accelerator_peak()
     water.reset()
     accelerator_peak(reset=True)
+    started = time.perf_counter()
     outcome = student.evaluate_edit(edit, ctx, seed=0)  # one LoRA edit through an engine, scored, removed
+    edit_seconds = time.perf_counter() - started
     edit_peak, edit_acc = water.peak, accelerator_peak()
     water.close()
     row = {
+        "gathers_for_scoring": student.gathers_for_scoring,
+        "score_seconds": score_seconds,
+        "edit_seconds": edit_seconds,
         "peak_parameter_bytes_scoring": score_peak,
         "peak_parameter_bytes_edit": edit_peak,
         "accelerator_peak_bytes": max(score_acc, edit_acc) if score_acc is not None else None,
@@ -161,7 +172,9 @@ def peak_of(row: dict) -> int:
     return max(row["peak_parameter_bytes_scoring"], row["peak_parameter_bytes_edit"])
 
 
-def launch(ranks: int, cache_dir: str, out: Path, quick: bool = False, live: int | None = None) -> list[dict]:
+def launch(
+    ranks: int, cache_dir: str, out: Path, quick: bool = False, live: int | None = None, gather: bool = True
+) -> list[dict]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(ROOT))
     env.setdefault("DS_ACCELERATOR", "cpu")
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
@@ -170,6 +183,7 @@ def launch(ranks: int, cache_dir: str, out: Path, quick: bool = False, live: int
         ["--quick"] if quick else []
     )
     cmd += ["--live-parameters", str(live)] if live is not None else []
+    cmd += [] if gather else ["--no-gather"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"{ranks}-rank run failed:\n{proc.stderr[-3000:]}")
@@ -187,11 +201,16 @@ def main(argv: list[str] | None = None) -> None:
         help="students[].zero3_max_live_parameters: the most elements a rank keeps gathered (default: "
         "DeepSpeed's, every layer a pass used stays gathered)",
     )
+    ap.add_argument(
+        "--no-gather",
+        action="store_true",
+        help="students[].gather_for_generation=false: score layer by layer instead of gathering once per call",
+    )
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        worker(args.cache_dir, args.out, args.quick, args.live_parameters)
+        worker(args.cache_dir, args.out, args.quick, args.live_parameters, not args.no_gather)
         return
     from core.config import TaskConfig
     from orchestrator.models import resolve_model_path
@@ -202,13 +221,21 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.ranks:
-            rows += launch(n, args.cache_dir, Path(tmp) / f"{n}.json", args.quick, args.live_parameters)
+            rows += launch(
+                n,
+                args.cache_dir,
+                Path(tmp) / f"{n}.json",
+                args.quick,
+                args.live_parameters,
+                not args.no_gather,
+            )
     mib = 2**20
     print(
         "| ranks | rank | student parameters | resident parameter MiB | share of whole | after a LoRA edit "
-        "| peak parameters MiB, scoring | peak parameters MiB, LoRA edit | accelerator peak MiB | peak RSS MiB |"
+        "| peak parameters MiB, scoring | peak parameters MiB, LoRA edit | accelerator peak MiB | peak RSS MiB "
+        "| scoring s | edit s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         acc = (
             "n/a (CPU)" if r["accelerator_peak_bytes"] is None else f"{r['accelerator_peak_bytes'] / mib:.0f}"
@@ -217,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
             f"| {r['ranks']} | {r['rank']} | {r['parameters'] / 1e6:.1f}M | {r['resident_bytes'] / mib:.1f} "
             f"| {r['resident_bytes'] / r['whole_bytes']:.3f} | {r['resident_bytes_after_edit'] / mib:.1f} "
             f"| {r['peak_parameter_bytes_scoring'] / mib:.1f} | {r['peak_parameter_bytes_edit'] / mib:.1f} "
-            f"| {acc} | {r['peak_rss_bytes'] / mib:.0f} |"
+            f"| {acc} | {r['peak_rss_bytes'] / mib:.0f} | {r['score_seconds']:.2f} | {r['edit_seconds']:.2f} |"
         )
     bad = [r for r in rows if r["edit_error"]]
     if bad:

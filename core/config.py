@@ -239,6 +239,14 @@ class StudentConfig:
             "help": "ZeRO-Offload of optimizer states (and zero3 parameters) to CPU memory.",
         },
     )
+    gather_for_generation: bool = field(
+        default=True,
+        metadata={
+            "help": "zero3 only: gather the whole student once per scoring call (greedy answers, gold "
+            "log-probs), as TRL's ds3_gather_for_generation does, instead of layer by layer at every decoding "
+            "step. Off, or with zero3_max_live_parameters set, a rank never holds the whole student."
+        },
+    )
     zero3_max_live_parameters: int | None = field(
         default=None,
         metadata={

@@ -129,6 +129,34 @@ class ShardedStudent(Student):
         super().__init__(cfg, model, tokenizer, task)
         self.ds_config = ds_config
         self.stage = int(ds_config["zero_optimization"]["stage"])
+        self._engine_alive: Any = None  # the engine of the edit being scored, inside adapted()
+
+    @property
+    def gathers_for_scoring(self) -> bool:
+        """ZeRO-3 scoring gathers the whole student once per call (``gather_for_generation``), unless the
+        student may never be whole on a rank (``zero3_max_live_parameters``)."""
+        return (
+            self.stage == 3 and self.cfg.gather_for_generation and self.cfg.zero3_max_live_parameters is None
+        )
+
+    def score(self, context: Context) -> StudentScore:
+        """As :meth:`Student.score`. Under ZeRO-3 with :attr:`gathers_for_scoring`, the parameters are gathered
+        once for the whole call and the engine's per-layer hooks are lifted meanwhile (TRL's ``remove_hooks`` /
+        ``add_hooks``, as its ``unwrap_model_for_generation`` does), so no decoding step gathers a layer."""
+        if not self.gathers_for_scoring:
+            return super().score(context)
+        import deepspeed
+        from trl.models.utils import add_hooks, remove_hooks
+
+        engine = self._engine_alive
+        if engine is not None:
+            remove_hooks(engine)
+        try:
+            with deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None):
+                return super().score(context)
+        finally:
+            if engine is not None:
+                add_hooks(engine)
 
     @property
     def num_parameters(self) -> int:
@@ -205,7 +233,10 @@ class ShardedStudent(Student):
         missing = [c for c in contexts if c.id not in self._baselines]
         if not missing:
             return
-        hooks = self._engine(self.model) if self.stage == 3 else nullcontext()
+        # ZeRO-3: gathered once per call (score), or a scoring-only engine whose hooks gather layer by layer
+        hooks = (
+            self._engine(self.model) if self.stage == 3 and not self.gathers_for_scoring else nullcontext()
+        )
         with self._zero3(), hooks:
             for c in missing:
                 self._baselines[c.id] = self.score(c)
@@ -238,8 +269,11 @@ class ShardedStudent(Student):
                 params = [p for p in model.parameters() if p.requires_grad]
                 with self._engine(model, params, a) as engine:
                     loss = self._train(engine, model, items, seed, a)
-                    self.model = model
-                    yield loss
+                    self.model, self._engine_alive = model, engine
+                    try:
+                        yield loss
+                    finally:
+                        self._engine_alive = None
             finally:
                 self.model = self._restore(model, base, snapshot)
 

@@ -89,6 +89,17 @@ def main(out_dir: Path, cache: str) -> None:
     plain = load_causal_lm(paths["llama-t"], sc_llama.model, CPU)
     facts["sharding"] = sharding_facts(sharded, plain)
     facts["lora"] = adapt_facts(sharded, qa_edit(ctxs[0]), ctxs[0], seed=1)
+    # Scoring with the student gathered once per call (the default) or layer by layer at every step.
+    scores = {}
+    for gather in (False, True):
+        sharded.cfg.gather_for_generation = gather
+        sharded._baselines.pop(ctxs[1].id, None)
+        scores[gather] = sharded.baseline(ctxs[1])
+    facts["gather_for_generation"] = {
+        "same_answers": (scores[True].em, scores[True].f1) == (scores[False].em, scores[False].f1),
+        "logprob_diff": abs(scores[True].logprob - scores[False].logprob),
+        "after_edit": outcome_facts(sharded.evaluate_edit(qa_edit(ctxs[1]), ctxs[1], 3)),
+    }
 
     sc_full = copy.deepcopy(sc_llama)
     sc_full.adapt.method, sc_full.adapt.epochs = "full", 2

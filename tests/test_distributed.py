@@ -319,6 +319,16 @@ def test_zero3_rank_holds_half_of_every_parameter_and_gathering_restores_it(work
 
 
 @pytest.mark.distributed
+def test_scoring_a_zero3_student_gathered_once_equals_layer_by_layer(worker):
+    """students[].gather_for_generation: the whole student gathered once per scoring call (engine hooks lifted)
+    answers as the layer-by-layer path does, before an edit and on an adapted student."""
+    for facts in worker:
+        g = facts["gather_for_generation"]
+        assert g["same_answers"] and g["logprob_diff"] < 1e-5, g
+        assert g["after_edit"]["error"] is None and g["after_edit"]["adapted_logprob"] is not None, g
+
+
+@pytest.mark.distributed
 def test_every_rank_learns_which_ranks_cannot_see_a_checkpoint(worker):
     """Per-rank disks (no shared file system): rank 1's copy of the run lacks the checkpoint rank 0 wrote."""
     assert [facts["missing_on"] for facts in worker] == [[1], [1]]
