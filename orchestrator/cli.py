@@ -47,16 +47,13 @@ def _quiet_libraries() -> None:
     datasets.disable_progress_bars()
 
 
-def _dist_timeout(args: argparse.Namespace) -> float | None:
-    """``run.dist_timeout_minutes`` of the config this ``run`` starts or resumes, read before the process group
-    exists. A config that does not load gives None here: the run loads it again and reports the error."""
+def _resumed_dist_timeout(args: argparse.Namespace) -> float | None:
+    """``run.dist_timeout_minutes`` of the run ``--resume`` continues, read before the process group exists. A
+    run directory whose config does not load gives None here: ``Runner.resume`` reports the error."""
     from core.config import load_config
 
-    path = Path(args.resume) / "config.yaml" if args.resume else args.config
-    if path is None:
-        return None
     try:
-        return load_config(path, args.overrides).run.dist_timeout_minutes
+        return load_config(Path(args.resume) / "config.yaml", args.overrides).run.dist_timeout_minutes
     except Exception:  # reported, with its fix, where the run loads the config
         return None
 
@@ -69,19 +66,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.runner import Runner
     from orchestrator.signals import Preempted
 
-    # under deepspeed/torchrun: before any model or TrainingArguments, with the config's collective timeout
-    env = init_from_launcher(_dist_timeout(args) if launched() else None)
-    if args.resume:
-        _quiet_libraries()  # before preflight reads data files (datasets' progress bars)
-        runner = Runner.resume(args.resume, args.overrides)
-    else:
+    cfg = None
+    if not args.resume:
         if args.config is None:
             print(
                 "teachedit run: give a CONFIG (e.g. configs/default.yaml) or --resume RUN_DIR",
                 file=sys.stderr,
             )
             return 2
-        cfg = load_config(args.config, args.overrides)  # config errors come back fast
+        cfg = load_config(
+            args.config, args.overrides
+        )  # config errors come back fast; no process group needed
+    # under deepspeed/torchrun: before any model or TrainingArguments, with the config's collective timeout
+    timeout = None
+    if launched():
+        timeout = cfg.run.dist_timeout_minutes if cfg is not None else _resumed_dist_timeout(args)
+    env = init_from_launcher(timeout)
+    if cfg is None:
+        _quiet_libraries()  # before preflight reads data files (datasets' progress bars)
+        runner = Runner.resume(args.resume, args.overrides)
+    else:
         _quiet_libraries()
         runner = Runner.new(cfg)
     if not env.is_main:  # only rank 0 writes run files and prints

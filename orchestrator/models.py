@@ -234,6 +234,11 @@ def load_student(
     return Student(sc, model, tok, task)
 
 
+def checkpoint_model(mc: ModelConfig, path: str) -> ModelConfig:
+    """``mc``'s settings (dtype, device, quantization...) for loading the folder ``path`` instead of its source."""
+    return dataclasses.replace(mc, path=path, gguf=None, tiny=None)
+
+
 def build_teacher(cfg: Config, task: Any, device: torch.device, path: str | None = None) -> tuple[Any, str]:
     """The config's teacher and the folder it was loaded from; ``path``: a checkpoint folder instead (e.g. a
     run's ``teacher/round_k``), loaded with the teacher's other model settings."""
@@ -243,7 +248,7 @@ def build_teacher(cfg: Config, task: Any, device: torch.device, path: str | None
     if path is None:
         path = resolve_model_path(mc, "teacher", task, cfg.run.cache_dir)
     else:
-        mc = dataclasses.replace(mc, path=path, gguf=None, tiny=None)
+        mc = checkpoint_model(mc, path)
     tok = load_tokenizer(path, mc, "teacher.model")
     model = load_causal_lm(path, mc, device, "teacher.model")
     return Teacher(cfg.teacher, model, tok), path

@@ -156,7 +156,9 @@ class Sources:
 
     def teacher_mc(self, path: str) -> ModelConfig:
         """The teacher's model settings, loading the folder ``path``."""
-        return dataclasses.replace(self.cfg.teacher.model, path=path, gguf=None, tiny=None)
+        from orchestrator.models import checkpoint_model
+
+        return checkpoint_model(self.cfg.teacher.model, path)
 
     def load_teacher(self, src: SweepSource) -> Any:
         from orchestrator.models import build_teacher
