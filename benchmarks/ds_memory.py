@@ -11,8 +11,10 @@ allocator's high-water where there is a GPU; on CPU it is the parameter storage 
 (its partitions plus the layers gathered at that moment, :class:`ParameterHighWater`).
 
 Each rank loads the student through ``student.distributed.load_sharded_student`` (``zero.Init``), measures the
-bytes of parameter storage it holds (its partitions plus any whole tensor), runs one LoRA edit through a
-DeepSpeed engine, and measures again (the engine is gone, so the figure must not move). On CPU the ranks use
+bytes of parameter storage it holds (its partitions plus any whole tensor), runs one LoRA edit (an adapter of
+the batched path on the student's one engine), and measures again (the adapter is gone, so the figure must
+not move). Then it times 8 edits through ``evaluate_edits`` (batched up to ``adapt.edit_batch_size``) and
+prints ``zero3_edits_per_s@<ranks>`` (the slowest rank). On CPU the ranks use
 gloo and OMP_NUM_THREADS=1. "Peak RSS" is the process's high-water mark, for context only: it is mostly the
 interpreter and libraries (torch, transformers, DeepSpeed), plus the checkpoint each rank reads while
 loading, so it does not shrink with the ranks as the parameter bytes do.
@@ -27,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,15 +83,20 @@ class ParameterHighWater:
 
     def __init__(self, model: Any):
         self.model, self.peak = model, 0
+        self.adapters: list[
+            Any
+        ] = []  # the batched path's live adapter sets (MultiLoRA): not model parameters
         self.handles = [m.register_forward_hook(self._sample) for m in model.modules()]
 
     def held(self) -> int:
         total = 0
-        for p in self.model.parameters():  # peft injects in place: adapters are among them during an edit
+        for p in self.model.parameters():  # a peft adapter injected in place is among them
             total += p.data.numel() * p.data.element_size()
             part = getattr(p, "ds_tensor", None)
             if part is not None:
                 total += part.numel() * part.element_size()
+        for ml in self.adapters:
+            total += sum(t.numel() * t.element_size() for ps in ml.params for t in ps)
         return total
 
     def _sample(self, *args: Any) -> None:
@@ -132,18 +141,43 @@ def worker(
     ctx = task.train_contexts()[0]
     edit = "\n".join(f"Q: {q.question} A: {q.answer}" for q in ctx.questions)
     water = ParameterHighWater(student.model)
+    try:  # count the batched path's adapters while they live (absent before issue 14's one-engine students)
+        from student.batched import MultiLoRA
+
+        enter, leave = MultiLoRA.__enter__, MultiLoRA.__exit__
+        MultiLoRA.__enter__ = lambda ml: water.adapters.append(ml) or enter(ml)
+        MultiLoRA.__exit__ = lambda ml, *exc: water.adapters.remove(ml) or leave(ml, *exc)
+    except ImportError:
+        pass
+    if hasattr(
+        student, "whole"
+    ):  # gathering for scoring: sampled once gathered, also on a rank that then waits
+        whole = student.whole
+
+        @contextmanager
+        def sampled() -> Iterator[None]:
+            with whole():
+                water._sample()
+                yield
+
+        student.whole = sampled
     accelerator_peak(reset=True)
     started = time.perf_counter()
-    student.baseline(ctx)  # one scoring batch (a scoring-only engine): greedy answers and gold log-probs
+    student.baseline(ctx)  # one scoring batch: greedy answers and gold log-probs
     score_seconds = time.perf_counter() - started
     score_peak, score_acc = water.peak, accelerator_peak()
     water.reset()
     accelerator_peak(reset=True)
     started = time.perf_counter()
-    outcome = student.evaluate_edit(edit, ctx, seed=0)  # one LoRA edit through an engine, scored, removed
+    outcome = student.evaluate_edit(edit, ctx, seed=0)  # one LoRA edit, scored, removed
     edit_seconds = time.perf_counter() - started
     edit_peak, edit_acc = water.peak, accelerator_peak()
     water.close()
+    # throughput: n edits through the pool's entry point (batched up to adapt.edit_batch_size where it can)
+    n = 4 if quick else 8
+    started = time.perf_counter()
+    outs = student.evaluate_edits([edit] * n, [ctx] * n, list(range(1, n + 1)))
+    edits_per_second = n / (time.perf_counter() - started)
     row = {
         "gathers_for_scoring": student.gathers_for_scoring,
         "score_seconds": score_seconds,
@@ -157,7 +191,8 @@ def worker(
         "whole_bytes": student.num_parameters * 4,
         "resident_bytes": at_rest,
         "resident_bytes_after_edit": student.resident_parameter_bytes(),
-        "edit_error": outcome.error,
+        "edit_error": outcome.error or next((o.error for o in outs if o.error), None),
+        "edits_per_second": edits_per_second,
         "peak_rss_bytes": peak_rss_bytes(),
     }
     rows = all_gather(row)
@@ -233,9 +268,9 @@ def main(argv: list[str] | None = None) -> None:
     print(
         "| ranks | rank | student parameters | resident parameter MiB | share of whole | after a LoRA edit "
         "| peak parameters MiB, scoring | peak parameters MiB, LoRA edit | accelerator peak MiB | peak RSS MiB "
-        "| scoring s | edit s |"
+        "| scoring s | edit s | edits/s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         acc = (
             "n/a (CPU)" if r["accelerator_peak_bytes"] is None else f"{r['accelerator_peak_bytes'] / mib:.0f}"
@@ -244,11 +279,14 @@ def main(argv: list[str] | None = None) -> None:
             f"| {r['ranks']} | {r['rank']} | {r['parameters'] / 1e6:.1f}M | {r['resident_bytes'] / mib:.1f} "
             f"| {r['resident_bytes'] / r['whole_bytes']:.3f} | {r['resident_bytes_after_edit'] / mib:.1f} "
             f"| {r['peak_parameter_bytes_scoring'] / mib:.1f} | {r['peak_parameter_bytes_edit'] / mib:.1f} "
-            f"| {acc} | {r['peak_rss_bytes'] / mib:.0f} | {r['score_seconds']:.2f} | {r['edit_seconds']:.2f} |"
+            f"| {acc} | {r['peak_rss_bytes'] / mib:.0f} | {r['score_seconds']:.2f} | {r['edit_seconds']:.2f} "
+            f"| {r['edits_per_second']:.2f} |"
         )
     bad = [r for r in rows if r["edit_error"]]
     if bad:
         sys.exit(f"an edit failed: {bad[0]['edit_error']}")
+    for n in args.ranks:
+        print(f"zero3_edits_per_s@{n}: {min(r['edits_per_second'] for r in rows if r['ranks'] == n):.3f}")
     peak = {n: max(peak_of(r) for r in rows if r["ranks"] == n) for n in args.ranks}
     if 1 in peak and 2 in peak:
         # what one rank of two holds at its peak, as a share of what one rank alone holds at its peak

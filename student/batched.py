@@ -39,12 +39,13 @@ import torch
 import torch.nn.functional as F
 
 from core import faults
+from core.config import AdaptConfig
 from core.records import Context, StudentOutcome, StudentScore
 from core.task import TrainingItem
 from student.head import token_losses
 from student.lifecycle import OOM_BATCH, free_memory, inject_lora, lora_config, non_finite_loss
 from student.scoring import aggregate_score, gold_logprobs, greedy_answers
-from student.sequences import batch_schedule, encode_item, pad_batch
+from student.sequences import IGNORE, batch_schedule, encode_item, pad_batch
 
 if TYPE_CHECKING:  # a type only: student.student imports this module
     from student.student import Student
@@ -57,11 +58,12 @@ class MultiLoRA:
     would target, and forward passes run under :meth:`route`; on exit the hooks are removed. The base model
     itself is never modified, so it is the base again, bit for bit."""
 
-    def __init__(self, student: Student, seeds: list[int]):
+    def __init__(self, student: Student, seeds: list[int], adapt: AdaptConfig | None = None):
         self.student = student
         self.model = student.model
         self.seeds = list(seeds)
-        self.config = lora_config(student.cfg.adapt, student.model_type)
+        self.adapt = adapt or student.cfg.adapt  # every adapter's settings (a task may set them per edit)
+        self.config = lora_config(self.adapt, student.model_type)
         self.scaling = self.config.lora_alpha / self.config.r  # peft's (no rsLoRA)
         self.targets: list[LoraTarget] = []
         self.weights: list[list[tuple[torch.Tensor, torch.Tensor]]] = []  # [edit][target] -> (A, B)
@@ -227,25 +229,48 @@ def edit_sums(
 
 
 def step_losses(
-    ml: MultiLoRA, active: list[int], rows: list[list[tuple[list[int], list[int]]]]
+    ml: MultiLoRA,
+    active: list[int],
+    rows: list[list[tuple[list[int], list[int]]]],
+    shard: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """``(G,)`` the mean loss of each active edit (``active[g]``, the adapter trained on ``rows[g]``, its
     encoded sequences this step). The rows go through the model edit-major, in one padded pass or, where that
     saves enough padding (:func:`length_groups`), two: the shorter rows and the longer ones, each in their
     order. Rows are independent in the model (the base is in eval mode, no dropout), so only float rounding
-    tells the two apart."""
+    tells the two apart.
+
+    ``shard = (rank, world_size)``: this rank runs every world_size-th row of each pass, and each edit's sum
+    over those rows is divided by the edit's label tokens over *all* ranks' rows, so the ranks' results add up
+    to the one-process means (the caller all-reduces). Every rank runs the same passes, a rank left without a
+    row of a pass running a row with no label (nothing added): a ZeRO-3 base gathers its layers in forward
+    and backward, which every rank must join."""
     device = next(ml.model.parameters()).device
     flat = [(g, r) for g, rs in enumerate(rows) for r in rs]
     sums = torch.zeros(len(rows), device=device)
     counts = torch.zeros(len(rows), dtype=torch.long, device=device)
     for group in length_groups([len(r[0]) for _, r in flat]):
-        edits = sorted({flat[i][0] for i in group})
-        sub_rows = [sum(flat[i][0] == g for i in group) for g in edits]
-        batch = pad_batch([flat[i][1] for i in group], ml.student.tok.pad_token_id).to(device)
+        encoded = [flat[i][1] for i in group]
+        owners = [flat[i][0] for i in group]
+        if shard is not None:
+            rank, world = shard
+            labelled = [sum(label != IGNORE for label in labels[1:]) for _, labels in encoded]
+            counts = counts.index_add(
+                0, torch.tensor(owners, device=device), torch.tensor(labelled, device=device)
+            )
+            encoded, owners = encoded[rank::world], owners[rank::world]
+            if not encoded:
+                ids = flat[group[0]][1][0]
+                encoded, owners = [(ids, [IGNORE] * len(ids))], [flat[group[0]][0]]
+        edits = sorted(set(owners))
+        sub_rows = [owners.count(g) for g in edits]
+        batch = pad_batch(encoded, ml.student.tok.pad_token_id).to(device)
         with ml.route([active[g] for g in edits], sub_rows, training=True):
             s, c = edit_sums(*token_losses(ml.model, batch), sub_rows)  # logits at label positions only
         index = torch.tensor(edits, device=device)
-        sums, counts = sums.index_add(0, index, s), counts.index_add(0, index, c)
+        sums = sums.index_add(0, index, s)
+        if shard is None:
+            counts = counts.index_add(0, index, c)
     return sums / counts
 
 
@@ -266,8 +291,14 @@ def length_groups(lengths: list[int], min_saving: float = 0.25) -> list[list[int
 
 
 def train_adapters(ml: MultiLoRA, items: list[list[TrainingItem]]) -> list[tuple[float | None, str | None]]:
-    """Train adapter i on ``items[i]``, all together. Per edit: (mean loss of its last epoch, error or None)."""
-    s, a = ml.student, ml.student.cfg.adapt
+    """Train adapter i on ``items[i]``, all together. Per edit: (mean loss of its last epoch, error or None).
+
+    A student with :attr:`~student.student.Student.adapter_ranks` (a sharded student under a launcher) trains
+    data-parallel: each rank runs its share of every step's rows (:func:`step_losses`), the losses and the
+    adapters' gradients are summed over the ranks, and every rank then takes the same clipped AdamW step, so
+    every rank holds the same adapters, equal to one process's up to float rounding."""
+    s, a = ml.student, ml.adapt
+    shard = s.adapter_ranks
     encoded = [[encode_item(s.tok, it, a.max_length, a.loss_on) for it in its] for its in items]
     plans = [_plan(len(it), a.epochs, a.batch_size, seed) for it, seed in zip(items, ml.seeds)]
     # foreach: one multi-tensor update over every edit's tensors (same update rule as the sequential path)
@@ -281,13 +312,20 @@ def train_adapters(ml: MultiLoRA, items: list[list[TrainingItem]]) -> list[tuple
         active = [e for e in range(len(items)) if errors[e] is None and step < len(plans[e])]
         if not active:
             break
-        per_edit = step_losses(ml, active, [[encoded[e][j] for j in plans[e][step][1]] for e in active])
-        finite = torch.isfinite(per_edit)
+        per_edit = step_losses(
+            ml, active, [[encoded[e][j] for j in plans[e][step][1]] for e in active], shard
+        )
+        values = per_edit.detach().clone()
+        if shard is not None:
+            all_reduce(values)  # each edit's mean loss over every rank's rows: the ranks decide alike below
+        finite = torch.isfinite(values)
         opt.zero_grad(set_to_none=True)
         if finite.any():
             per_edit[finite].sum().backward()  # edit e's parameters get exactly the gradient of its own loss
+            if shard is not None:
+                reduce_grads([p for g, e in enumerate(active) if finite[g] for p in ml.params[e]])
         for g, e in enumerate(active):
-            value = float(per_edit[g].detach())
+            value = float(values[g])
             if not finite[g]:
                 errors[e] = non_finite_loss(value)
                 for p in ml.params[e]:
@@ -309,6 +347,26 @@ def _plan(n_items: int, epochs: int, batch_size: int, seed: int) -> list[tuple[i
     """The edit's steps in order, as (epoch, item indices)."""
     schedule = batch_schedule(n_items, epochs, batch_size, seed)
     return [(epoch, idx) for epoch, steps in enumerate(schedule) for idx in steps]
+
+
+def all_reduce(t: torch.Tensor) -> None:
+    """Sum ``t`` over the ranks, in place."""
+    import torch.distributed as dist
+
+    dist.all_reduce(t)
+
+
+def reduce_grads(params: list[torch.Tensor]) -> None:
+    """Sum the parameters' gradients over the ranks in one flat all-reduce (a parameter without a gradient on
+    this rank, its edit having no row here, contributes zeros). The adapters are small and replicated on every
+    rank, as DDP keeps a model: only their gradients travel."""
+    if not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    all_reduce(flat)
+    for p, part in zip(params, flat.split([g.numel() for g in grads])):
+        p.grad = part.view_as(p)
 
 
 def _mean(values: list[float]) -> float:
@@ -376,6 +434,7 @@ def evaluate_batch(
     student: Student, edit_texts: list[str], contexts: list[Context], seeds: list[int]
 ) -> list[StudentOutcome]:
     """:meth:`Student.evaluate_edit` for several edits at once, with the same outcomes (errors included)."""
+    student.baselines(contexts)
     bases = [student.baseline(c) for c in contexts]
     prepared = [student.usable_items(t, c) for t, c in zip(edit_texts, contexts)]
     items = [it if err is None else None for it, err, _ in prepared]
@@ -388,7 +447,7 @@ def evaluate_batch(
     try:
         with MultiLoRA(student, [seeds[i] for i in live]) as ml:
             trained = train_adapters(ml, [it for it in items if it is not None])
-            scores = score_adapters(
+            scores = student.score_adapters(
                 ml, [contexts[i] for i in live], [g for g, t in enumerate(trained) if not t[1]]
             )
     except torch.OutOfMemoryError:

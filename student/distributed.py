@@ -4,11 +4,12 @@ Per student, ``sharding`` picks the placement:
 
 - ``none``: every rank holds the whole student. The edits are split across the ranks; each rank evaluates
   its share through :class:`student.pool.StudentPool` (so the pool's own inner loop runs unchanged).
-- ``zero2`` / ``zero3``: every rank takes part in every edit through a DeepSpeed engine. Under ZeRO-3 the
-  parameters are partitioned when the student is loaded (each rank holds ~1/world of every tensor) and stay
-  so. Each edit's LoRA adapter (or full fine-tuning) trains through an engine built for that edit; the
-  edit's batch is split across the ranks and the engine averages the gradients. After scoring, the engine
-  is destroyed (its hooks removed) and the adapter unloaded: the base is bit-exact (tested).
+- ``zero2`` / ``zero3``: every rank takes part in every edit. Under ZeRO-3 the parameters are partitioned
+  when the student is loaded (each rank holds ~1/world of every tensor) and stay so, behind one DeepSpeed
+  engine built then and kept for the run. LoRA edits go through the batched path on it, several at a time,
+  each step's rows split across the ranks and the adapters' gradients summed; scoring splits the adapters
+  over the ranks, the student gathered once. Full fine-tuning trains through an engine built per edit.
+  Either way the base is bit-exact afterwards (tested); :class:`ShardedStudent` says how.
 
 :class:`DistributedPool` has the interface of :class:`~student.pool.StudentPool` (``evaluate``,
 ``baselines``, ``describe``, ``names``). Results of all ranks are gathered before the orchestrator's
@@ -28,10 +29,11 @@ import torch
 from tqdm.auto import tqdm
 
 from core.config import AdaptConfig, StudentConfig
-from core.distributed import all_ranks, current
+from core.distributed import all_gather, all_ranks, current
 from core.records import Context, Edit, EditResult, StudentOutcome, StudentScore
 from core.task import TrainingItem
-from student.lifecycle import EditError, edit_seed, inject_lora, lora_config, non_finite_loss, set_train_mode
+from student.batched import MultiLoRA, lora_targets, train_adapters
+from student.lifecycle import EditError, edit_seed, lora_config, non_finite_loss, set_train_mode
 from student.pool import StudentPool, unadapted_result
 from student.sequences import IGNORE, Batch, batch_schedule, collate
 from student.student import Student
@@ -99,6 +101,26 @@ def hf_zero3(config: dict[str, Any]) -> Iterator[None]:
         del keep
 
 
+@contextmanager
+def lifted_hooks(engine: Any) -> Iterator[None]:
+    """Inside, a ZeRO-3 engine's module hooks are off (TRL's ``remove_hooks`` / ``add_hooks``, as its
+    ``unwrap_model_for_generation``), and so is the start-of-forward hook that TRL leaves on: while the engine
+    records its parameter trace, that hook compares the trace across the ranks (a collective) at every forward,
+    so a rank scoring alone would wait for the others."""
+    from trl.models.utils import add_hooks, remove_hooks
+
+    offload = getattr(engine.optimizer, "parameter_offload", engine.optimizer)
+    start = offload.fwd_pre_hook
+    fn = offload.module._forward_pre_hooks[start.id]
+    start.remove()
+    remove_hooks(engine)
+    try:
+        yield
+    finally:
+        add_hooks(engine)  # also invalidates the trace, recorded afresh at the next forward
+        offload.fwd_pre_hook = offload.module.register_forward_pre_hook(fn, prepend=True)
+
+
 def rank_rows(batch: Batch, rank: int, world_size: int) -> Batch:
     """This rank's rows of a batch (every world_size-th). A rank left without a row gets a copy of row 0 with
     every label ignored: it still runs forward and backward (ZeRO's collectives need every rank) but adds
@@ -118,18 +140,45 @@ def _local_tensor(p: torch.Tensor) -> torch.Tensor:
 class ShardedStudent(Student):
     """A student whose inner loop (and, under ZeRO-3, whose parameters) DeepSpeed shards across the ranks.
 
-    A :class:`Student` whose :meth:`baseline` and :meth:`adapted` go through DeepSpeed engines; everything
-    else, :meth:`Student.evaluate_edit` included (edit cleaning, cutting, recorded failures), is inherited, so
-    a sharded and an unsharded student treat an edit alike. Every method is collective: all ranks call it with
-    the same arguments in the same order."""
+    A :class:`Student` whose scoring and adaptation are placed over the ranks; everything else,
+    :meth:`Student.evaluate_edits` included (edit cleaning, cutting, batching, ``eval_times``, recorded
+    failures), is inherited, so a sharded and an unsharded student treat an edit alike. Every method is
+    collective: all ranks call it with the same arguments in the same order.
 
-    edit_batch_size = 1  # one edit at a time through the engine (no multi-adapter batching here)
+    LoRA (the default) keeps **one engine for the whole run**: under ZeRO-3, a DeepSpeed engine without an
+    optimizer, built when the student is loaded, whose hooks gather each layer for forward and backward. Edits
+    never rebuild it: they go through the batched path (:mod:`student.batched`), whose adapters hook onto the
+    frozen base from outside it (the base is never modified, so it is bit-exact once the hooks are removed)
+    and train data-parallel (each rank a share of every step's rows, gradients summed: ``adapter_ranks``). The
+    adapters and their AdamW states are replicated on every rank, as DDP keeps a model: for rank-r matrices
+    that is a few MB, where ZeRO would partition them. ZeRO-2 LoRA needs no engine at all (the base is whole
+    on every rank and frozen). Scoring gathers the student once per call (``gather_for_generation``) and
+    splits the adapters (and the baselines' contexts) over the ranks.
+
+    Full fine-tuning builds an engine with its optimizer per edit (its fp32 master weights and AdamW moments
+    live only during the edit) and restores the rank's saved partitions afterwards."""
 
     def __init__(self, cfg: StudentConfig, model: Any, tokenizer: Any, task: Any, ds_config: dict[str, Any]):
         super().__init__(cfg, model, tokenizer, task)
         self.ds_config = ds_config
         self.stage = int(ds_config["zero_optimization"]["stage"])
-        self._engine_alive: Any = None  # the engine of the edit being scored, inside adapted()
+        self._engine_alive: Any = None  # the engine whose hooks are on the model (ZeRO-3), if any
+        self._gathered = False  # inside whole(): every parameter gathered, the engine's hooks lifted
+        if cfg.adapt.method == "lora":
+            try:  # peft wraps and unwraps the model once to find its LoRA targets, before any engine hook
+                lora_targets(self.model, lora_config(cfg.adapt, self.model_type))
+            except ValueError as exc:
+                raise ValueError(
+                    f"student {cfg.name!r} (sharding: {cfg.sharding}): {exc}. A sharded LoRA student adapts "
+                    "through the batched path on its one engine, which routes adapters on Linear layers only"
+                ) from exc
+            if self.stage == 3:
+                self._engine_alive = self._build_engine(self.model)
+
+    @property
+    def adapter_ranks(self) -> tuple[int, int] | None:
+        env = current()
+        return (env.rank, env.world_size) if env.world_size > 1 else None
 
     @property
     def gathers_for_scoring(self) -> bool:
@@ -139,24 +188,48 @@ class ShardedStudent(Student):
             self.stage == 3 and self.cfg.gather_for_generation and self.cfg.zero3_max_live_parameters is None
         )
 
-    def score(self, context: Context) -> StudentScore:
-        """As :meth:`Student.score`. Under ZeRO-3 with :attr:`gathers_for_scoring`, the parameters are gathered
-        once for the whole call and the engine's per-layer hooks are lifted meanwhile (TRL's ``remove_hooks`` /
-        ``add_hooks``, as its ``unwrap_model_for_generation`` does), so no decoding step gathers a layer."""
-        if not self.gathers_for_scoring:
-            return super().score(context)
-        import deepspeed
-        from trl.models.utils import add_hooks, remove_hooks
+    @property
+    def splits_scoring(self) -> bool:
+        """Scoring is local to a rank (the model whole there: ZeRO-2, or gathered), so ranks can score
+        different adapters and contexts; layer-by-layer ZeRO-3 scoring is collective, every rank on every pass."""
+        return self.stage == 2 or self.gathers_for_scoring
 
-        engine = self._engine_alive
-        if engine is not None:
-            remove_hooks(engine)
-        try:
-            with deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None):
-                return super().score(context)
-        finally:
-            if engine is not None:
-                add_hooks(engine)
+    @contextmanager
+    def whole(self) -> Iterator[None]:
+        """Inside, under ZeRO-3 with :attr:`gathers_for_scoring`, every parameter is gathered (once) and the
+        engine's per-layer hooks are lifted (TRL's ``remove_hooks`` / ``add_hooks``, as its
+        ``unwrap_model_for_generation`` does), so no decoding step gathers a layer. Otherwise nothing."""
+        if not self.gathers_for_scoring or self._gathered:
+            yield
+            return
+        import deepspeed
+
+        hooks = lifted_hooks(self._engine_alive) if self._engine_alive is not None else nullcontext()
+        with hooks, deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None):
+            self._gathered = True
+            try:
+                yield
+            finally:
+                self._gathered = False
+
+    def score(self, context: Context) -> StudentScore:
+        """As :meth:`Student.score`, the student gathered once for the call (:meth:`whole`)."""
+        with self.whole():
+            return super().score(context)
+
+    def score_adapters(self, ml: Any, contexts: list[Context], which: list[int]) -> dict[int, StudentScore]:
+        """As :meth:`Student.score_adapters`; where scoring is local (:attr:`splits_scoring`) each rank scores
+        its share of the adapters, the student gathered once, and the scores are gathered to every rank."""
+        if not self.splits_scoring:
+            return super().score_adapters(ml, contexts, which)
+        env = current()
+        lo, hi = share(len(which), env.rank, env.world_size)
+        with self.whole():
+            mine = super().score_adapters(ml, contexts, which[lo:hi]) if hi > lo else {}
+        out: dict[int, StudentScore] = {}
+        for part in all_gather(mine):
+            out.update(part)
+        return out
 
     @property
     def num_parameters(self) -> int:
@@ -196,13 +269,11 @@ class ShardedStudent(Student):
     def _zero3(self) -> Any:
         return hf_zero3(self.ds_config) if self.stage == 3 else nullcontext()
 
-    @contextmanager
-    def _engine(
+    def _build_engine(
         self, model: Any, params: list[torch.Tensor] | None = None, adapt: AdaptConfig | None = None
-    ) -> Iterator[Any]:
-        """A DeepSpeed engine over ``model`` (an AdamW over ``params`` with ``adapt``'s rate and clipping, or
-        none for scoring only), destroyed on exit: its ZeRO-3 hooks leave the modules and its optimizer
-        buffers are dropped."""
+    ) -> Any:
+        """A DeepSpeed engine over ``model``: an AdamW over ``params`` with ``adapt``'s rate and clipping, or
+        none (its ZeRO-3 hooks only)."""
         import deepspeed
 
         a = adapt or self.cfg.adapt
@@ -216,27 +287,47 @@ class ShardedStudent(Student):
             engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=config)
         finally:
             gc.unfreeze()
+        return engine
+
+    @staticmethod
+    def _destroy(engine: Any) -> None:
+        """Destroy an engine: its ZeRO-3 hooks leave the modules and its optimizer buffers are dropped."""
+        engine.destroy()
+        # destroy() (DeepSpeed 0.19.8) leaves the engine's two module-level forward hooks behind: they would
+        # keep the dead engine alive and run its prologue on every later forward.
+        for handle in (engine.module_forward_pre_hook, engine.module_forward_post_hook):
+            if handle is not None:
+                handle.remove()
+
+    @contextmanager
+    def _engine(
+        self, model: Any, params: list[torch.Tensor] | None = None, adapt: AdaptConfig | None = None
+    ) -> Iterator[Any]:
+        """:meth:`_build_engine`, destroyed on exit."""
+        engine = self._build_engine(model, params, adapt)
         try:
             yield engine
         finally:
-            engine.destroy()
-            # destroy() (DeepSpeed 0.19.8) leaves the engine's two module-level forward hooks behind: they
-            # would keep the dead engine alive and run its prologue on every later forward.
-            for handle in (engine.module_forward_pre_hook, engine.module_forward_post_hook):
-                if handle is not None:
-                    handle.remove()
+            self._destroy(engine)
 
     # -- scoring -------------------------------------------------------------------------------------------
     def baselines(self, contexts: Iterable[Context]) -> None:
-        """Score the unadapted student on the contexts not yet scored (cached). Under ZeRO-3 the forward
-        passes run through a scoring-only engine, whose hooks gather each layer's parameters."""
+        """Score the unadapted student on the contexts not yet scored (cached). Where scoring is local
+        (:attr:`splits_scoring`) the ranks share the contexts, the student gathered once; otherwise every rank
+        scores every context through the engine's hooks (a scoring-only engine if none is alive: full
+        fine-tuning)."""
         missing = [c for c in contexts if c.id not in self._baselines]
         if not missing:
             return
-        # ZeRO-3: gathered once per call (score), or a scoring-only engine whose hooks gather layer by layer
-        hooks = (
-            self._engine(self.model) if self.stage == 3 and not self.gathers_for_scoring else nullcontext()
-        )
+        if self.splits_scoring:
+            env = current()
+            lo, hi = share(len(missing), env.rank, env.world_size)
+            with self.whole():
+                mine = {c.id: Student.score(self, c) for c in missing[lo:hi]}
+            for part in all_gather(mine):
+                self._baselines.update(part)
+            return
+        hooks = self._engine(self.model) if self._engine_alive is None else nullcontext()
         with self._zero3(), hooks:
             for c in missing:
                 self._baselines[c.id] = self.score(c)
@@ -251,43 +342,44 @@ class ShardedStudent(Student):
         self, items: list[TrainingItem], seed: int, adapt: AdaptConfig | None = None
     ) -> Iterator[float]:
         """Inside: the student is adapted to ``items`` with ``adapt`` (default: its own settings; a task may
-        set them per edit) and ``self.model`` is the adapted model, its engine alive for scoring; on exit the
-        engine is destroyed and the base restored bit-exactly (the adapter unloaded, or the rank's saved
-        partitions copied back after full fine-tuning)."""
-        a, base = adapt or self.cfg.adapt, self.model
+        set them per edit) and the last epoch's loss is bound; on exit the base is bit-exact. LoRA: one
+        adapter of the batched path on the run's engine (removed on exit: the base was never modified). Full
+        fine-tuning: a per-edit engine; on exit it is destroyed and the rank's saved partitions copied back."""
+        a = adapt or self.cfg.adapt
+        if a.method == "lora":
+            with MultiLoRA(self, [seed], a) as ml:
+                ((loss, error),) = train_adapters(ml, [items])
+                if error is not None:
+                    raise EditError(error)
+                assert loss is not None
+                with ml.route([0], [1]):  # one adapter: any number of rows
+                    yield loss
+            return
+        base = self.model
         with self._zero3():
             torch.manual_seed(seed)
-            snapshot: list[torch.Tensor] | None = None
-            if a.method == "lora":
-                model = inject_lora(base, lora_config(a, self.model_type))
-            else:
-                snapshot = [_local_tensor(p).detach().clone() for p in base.parameters()]
-                for p in base.parameters():
-                    p.requires_grad_(True)
-                model = base
+            snapshot = [_local_tensor(p).detach().clone() for p in base.parameters()]
+            for p in base.parameters():
+                p.requires_grad_(True)
             try:
-                params = [p for p in model.parameters() if p.requires_grad]
-                with self._engine(model, params, a) as engine:
-                    loss = self._train(engine, model, items, seed, a)
-                    self.model, self._engine_alive = model, engine
+                params = [p for p in base.parameters() if p.requires_grad]
+                with self._engine(base, params, a) as engine:
+                    loss = self._train(engine, base, items, seed, a)
+                    self._engine_alive = engine
                     try:
                         yield loss
                     finally:
                         self._engine_alive = None
             finally:
-                self.model = self._restore(model, base, snapshot)
+                self.model = self._restore(base, snapshot)
 
-    def _restore(self, model: Any, base: Any, snapshot: list[torch.Tensor] | None) -> Any:
-        if snapshot is None:
-            model = model.unload()  # drops the LoRA layers; the base layers are untouched
-        else:
-            with torch.no_grad():
-                for p, saved in zip(base.parameters(), snapshot):
-                    _local_tensor(p).copy_(saved)
-                    p.requires_grad_(False)
-            model = base
-        model.eval()
-        return model
+    def _restore(self, base: Any, snapshot: list[torch.Tensor]) -> Any:
+        with torch.no_grad():
+            for p, saved in zip(base.parameters(), snapshot):
+                _local_tensor(p).copy_(saved)
+                p.requires_grad_(False)
+        base.eval()
+        return base
 
     def _train(self, engine: Any, model: Any, items: list[TrainingItem], seed: int, a: AdaptConfig) -> float:
         """The inner loop of :meth:`Student.train_items` (same schedule, train mode, optimizer, clipping),
@@ -345,8 +437,13 @@ class DistributedPool:
         self.sharded = [s for s in students if isinstance(s, ShardedStudent)]
         local = [s for s in students if not isinstance(s, ShardedStudent)]
         self.local = StudentPool(local) if local else None
-        if edits_per_rank is None:  # per rank per step: one batch of the unsharded students' inner loop
-            edits_per_rank = max((s.edit_batch_size for s in local), default=1)
+        if edits_per_rank is None:  # per rank per step: one batch of the unsharded students' inner loop, and
+            # enough edits per step for the sharded students' batches (they take every edit of the step)
+            world = current().world_size
+            edits_per_rank = max(
+                max((s.edit_batch_size for s in local), default=1),
+                max((-(-s.edit_batch_size // world) for s in self.sharded), default=1),
+            )
         self.edits_per_rank = max(1, edits_per_rank)
 
     @property
@@ -412,10 +509,11 @@ class DistributedPool:
             for part in all_ranks(local_share):
                 for key, per_student in (part or {}).items():
                     outcomes[key].update(per_student)
-        for e in chunk:
-            for s in self.sharded:
-                seed = edit_seed(run_seed, e, s.name)
-                outcomes[e.key][s.name] = s.evaluate_edit(e.text, contexts[e.context_id], seed)
+        texts, ctxs = [e.text for e in chunk], [contexts[e.context_id] for e in chunk]
+        for s in self.sharded:  # every rank, every edit: LoRA edits batched up to adapt.edit_batch_size
+            outs = s.evaluate_edits(texts, ctxs, [edit_seed(run_seed, e, s.name) for e in chunk])
+            for e, o in zip(chunk, outs):
+                outcomes[e.key][s.name] = o
         return [EditResult(edit=e, per_student={n: outcomes[e.key][n] for n in self.names}) for e in chunk]
 
 

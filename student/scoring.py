@@ -47,8 +47,15 @@ def token_f1(prediction: str, gold: str | Sequence[str]) -> float:
 
 @torch.no_grad()
 def zero3_partitioned(model: Any) -> bool:
-    """Whether ``model``'s parameters are ZeRO-3 partitions (DeepSpeed tags each with ``ds_id``)."""
-    return hasattr(next(model.parameters()), "ds_id")
+    """Whether ``model``'s parameters are ZeRO-3 partitions (DeepSpeed tags each with ``ds_id``) that are not
+    all gathered now: a forward pass then gathers layers, a collective every rank must join. Inside
+    ``GatheredParameters`` over the whole model a rank computes alone."""
+    params = list(model.parameters())
+    if not hasattr(params[0], "ds_id"):
+        return False
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    return any(getattr(p, "ds_status", None) != ZeroParamStatus.AVAILABLE for p in params)
 
 
 def greedy_completions(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -20,7 +21,7 @@ from core import faults
 from core.config import AdaptConfig, StudentConfig
 from core.records import Context, StudentOutcome, StudentScore
 from core.task import TrainingItem, overrides
-from student.batched import evaluate_batch
+from student.batched import MultiLoRA, evaluate_batch, score_adapters
 from student.head import mean_loss
 from student.lifecycle import (
     OOM_ADAPT,
@@ -101,6 +102,24 @@ class Student:
         if context.id not in self._baselines:
             self._baselines[context.id] = self.score(context)
         return self._baselines[context.id]
+
+    def baselines(self, contexts: Iterable[Context]) -> None:
+        """Score the unadapted student on the contexts not yet scored (cached)."""
+        for c in contexts:
+            self.baseline(c)
+
+    # -- the batched path's placement (overridden by a sharded student) --------------------------------------
+    @property
+    def adapter_ranks(self) -> tuple[int, int] | None:
+        """``(rank, world_size)`` when adapters train data-parallel over the ranks (a sharded student), else
+        None: this process trains on every row (:func:`student.batched.train_adapters`)."""
+        return None
+
+    def score_adapters(
+        self, ml: MultiLoRA, contexts: list[Context], which: list[int]
+    ) -> dict[int, StudentScore]:
+        """Score adapter i (for i in ``which``) on ``contexts[i]`` (:func:`student.batched.score_adapters`)."""
+        return score_adapters(ml, contexts, which)
 
     # -- one edit ------------------------------------------------------------------------------------------
     def prepare(

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+import deepspeed
 import torch
 
 from core.config import load_config
@@ -19,6 +20,7 @@ from core.models import load_causal_lm, load_tokenizer
 from core.records import Edit
 from orchestrator.models import resolve_model_path
 from orchestrator.tasks import build_task
+from student.batched import MultiLoRA
 from student.distributed import DistributedPool, load_sharded_student
 from student.pool import StudentPool
 from student.student import Student
@@ -127,7 +129,24 @@ def main(out_dir: Path, cache: str) -> None:
     pool = DistributedPool([sharded, gpt2], edits_per_rank=2)
     pool.baselines(ctxs)
     seen: list[str] = []
-    results = pool.evaluate(edits, by_id, run_seed=0, on_result=lambda r: seen.append(r.edit.key))
+    # The ZeRO-3 LoRA student's edits: no engine is built (its one engine was built at load), and its usable
+    # edits train together, one adapter each, through the batched path.
+    engines, batches = [], []
+    initialize, enter = deepspeed.initialize, MultiLoRA.__enter__
+    deepspeed.initialize = lambda *a, **k: engines.append(1) or initialize(*a, **k)
+    MultiLoRA.__enter__ = lambda ml: batches.append((ml.student.name, len(ml.seeds))) or enter(ml)
+    state_before, hooks_before = sharded.full_state(), hook_count(sharded.model)
+    try:
+        results = pool.evaluate(edits, by_id, run_seed=0, on_result=lambda r: seen.append(r.edit.key))
+    finally:
+        deepspeed.initialize, MultiLoRA.__enter__ = initialize, enter
+    state_after = sharded.full_state()
+    facts["one_engine"] = {
+        "engines_built": len(engines),
+        "sharded_batches": [n for name, n in batches if name == sharded.name],
+        "restored": all(torch.equal(state_after[k], v) for k, v in state_before.items()),
+        "hooks_unchanged": hook_count(sharded.model) == hooks_before,
+    }
     facts["pool"] = {
         "keys": [r.edit.key for r in results],
         "on_result": seen,

@@ -359,7 +359,8 @@ def test_resume_refuses_when_a_rank_cannot_see_the_checkpoint(tmp_path, monkeypa
 @pytest.mark.distributed
 @pytest.mark.parametrize("variant", ["lora", "full", "zero2", "offload"])
 def test_edit_trains_through_the_engine_and_the_base_comes_back_bit_exact(worker, variant):
-    """ZeRO-3 with a LoRA adapter and with full fine-tuning; ZeRO-2 and ZeRO-3 + CPU offload with LoRA."""
+    """ZeRO-3 with a LoRA adapter (the batched path's one adapter on the student's engine) and with full
+    fine-tuning (a per-edit engine); ZeRO-2 and ZeRO-3 + CPU offload with LoRA."""
     for facts in worker:
         f = facts[variant]
         assert f["error"] is None and math.isfinite(f["train_loss"])
@@ -401,6 +402,19 @@ def test_uneven_edits_do_not_deadlock_and_match_one_process(worker):
                 else:
                     assert abs(g[key] - w[key]) <= TOL, (name, key, g[key], w[key])
     assert "no usable text" in r0["results"][1]["llama-t"]["error"]
+
+
+@pytest.mark.distributed
+def test_a_zero3_lora_student_keeps_one_engine_and_batches_its_edits(worker):
+    """Issue 14 item 1: the pool's edits build no DeepSpeed engine (the student's one engine was built when it
+    was loaded); its two usable edits train together through the batched path, data-parallel over the ranks;
+    the base is bit-exact and carries the same hooks afterwards; every rank holds the same outcomes."""
+    for facts in worker:
+        f = facts["one_engine"]
+        assert f["engines_built"] == 0, f
+        assert f["sharded_batches"] == [2], f
+        assert f["restored"] and f["hooks_unchanged"], f
+    assert worker[0]["pool"]["results"] == worker[1]["pool"]["results"]
 
 
 # -- 2 ranks: the CLI under the deepspeed launcher -------------------------------------------------------------
@@ -533,7 +547,8 @@ def test_two_rank_run_resumes_where_it_was_killed(tmp_path):
 def test_grpo_under_two_ranks_scores_every_ranks_completions(tmp_path, smoke_cfg, task):
     """GRPO's reward function runs on each rank with that rank's completions: the ranks' edits are pooled,
     scored once (ZeRO-3 student and unsharded one), recorded once by rank 0, and the teacher trains under
-    ZeRO-3 and is saved whole."""
+    ZeRO-3 and is saved whole. Every edit of one passage is unusable (a plugin task), and each step holds that
+    passage on one rank only: the ranks adapt different numbers of edits, and the run still finishes."""
     from safetensors.torch import load_file
 
     from orchestrator.models import tiny_dir
@@ -554,6 +569,7 @@ def test_grpo_under_two_ranks_scores_every_ranks_completions(tmp_path, smoke_cfg
         "reward.name=logprob_gain",
         "students.0.sharding=zero3",
         f"teacher.train.deepspeed={CONFIGS / 'deepspeed' / 'zero3.json'}",
+        "task.name=tests.uneven_task:FirstPassageUnusable",
     ]
     launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2"]
     launcher += [
@@ -570,6 +586,10 @@ def test_grpo_under_two_ranks_scores_every_ranks_completions(tmp_path, smoke_cfg
     keys = {(r["edit"]["context_id"], r["edit"]["sample_index"]) for r in train}
     assert len(train) == len(keys) == 2 * 2 * 2 * 2, "steps x ranks x prompts x generations, each once"
     assert {r["edit"]["sample_index"] % 2 for r in train} == {0, 1}, "both ranks' completions are recorded"
+    unusable = {r["edit"]["context_id"] for r in train if "no usable text" in str(r["per_student"])}
+    assert len(unusable) == 1, "one passage's edits were unusable for the students"
+    usable = [r for r in train if r["edit"]["context_id"] not in unusable]
+    assert usable and all(o["adapted"] is not None for r in usable for o in r["per_student"].values())
     assert _records(run / "metrics.jsonl")[0]["kept"] == len(train)
     saved = load_file(run / "teacher" / "round_1" / "model.safetensors")
     initial = load_file(tiny_dir(smoke_cfg.teacher.model.tiny, task, CACHE) / "model.safetensors")
