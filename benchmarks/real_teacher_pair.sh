@@ -8,7 +8,9 @@
 #   bash benchmarks/real_teacher_pair.sh [TAG]   # ~2 h on one core; writes benchmarks/results/real_teacher_pair*.json
 #   QUICK=1 bash benchmarks/real_teacher_pair.sh # the loop's --quick settings, 2 passages, 1 edit each (a test
 #                                                # runs it; results under runs/benchmarks/, never the committed ones)
-# Environment: PY / TE (python and teachedit, default .venv/bin/...), RUNS (default runs), OUT (results folder).
+# Environment: PY / TE (python and teachedit, default .venv/bin/...), RUNS (default runs), OUT (results folder);
+# LOOP_OVERRIDES (more key=value overrides for the loop, e.g. "task.num_train_contexts=22 algorithm.rounds=1"),
+# ROUND (the trained teacher's round, default 2), SKIP / LIMIT / K (the compared dev passages and edits each).
 set -euo pipefail
 TAG=${1:-pair}
 PY=${PY:-.venv/bin/python}
@@ -20,13 +22,14 @@ if [[ -n "${QUICK:-}" ]]; then
     LOOP=(--quick) SKIP=40 LIMIT=2 K=1 ROUND=1 SHORT=(teacher.generation.max_new_tokens=24)
 else
     OUT=${OUT:-benchmarks/results}
-    LOOP=() SKIP=40 LIMIT=60 K=3 ROUND=2 SHORT=()
+    LOOP=() SKIP=${SKIP:-40} LIMIT=${LIMIT:-60} K=${K:-3} ROUND=${ROUND:-2} SHORT=()
 fi
+read -r -a EXTRA <<< "${LOOP_OVERRIDES:-}"
 mkdir -p "$OUT" "$RUNS/$TAG-edits"
 # 1. the loop with the stronger teacher update (README attempt 2), SmolLM2 student only
 $PY benchmarks/real_loop.py "${LOOP[@]}" --students smollm2 --seeds 0 --tag "$TAG" \
     --out "$OUT/real_teacher_${TAG}_loop.json" \
-    "run.output_dir=$RUNS" teacher.train.learning_rate=1e-3 teacher.train.epochs=4
+    "run.output_dir=$RUNS" teacher.train.learning_rate=1e-3 teacher.train.epochs=4 "${EXTRA[@]}"
 # 2. both teachers (untrained; after the loop's last update) write K edits for each of dev passages 41-100 (same sampling settings and seed)
 $PY benchmarks/teacher_edits.py configs/real_cpu.yaml --data $DATA --skip $SKIP --limit $LIMIT --k $K \
     --out "$RUNS/$TAG-edits/untrained.json" run.progress=false "${SHORT[@]}"

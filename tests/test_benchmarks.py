@@ -216,3 +216,32 @@ def test_teacher_edits_writes_a_seal_file_eval_can_score(tmp_path):
 
     contexts, [source] = load_eval_data(data / "passages.json", [a])
     assert len(contexts) == 2 and source.name == "edits"
+
+
+def test_reward_reliability_figures():
+    """reward_reliability.py's statistics on hand-made gains: two seeds that agree exactly give no noise, a
+    test-retest correlation of 1 and the same best edit; a seed that reverses the order within each passage
+    gives a within-passage correlation of -1 and never the same best edit."""
+    rr = script("reward_reliability")
+    g0 = {(p, j): {"logprob": base + j, "f1": 0.0} for p, base in (("a", 0.0), ("b", 5.0)) for j in range(3)}
+    same = rr.reliability(g0, g0, "logprob")
+    assert (same["edits"], same["passages"], same["noise_sd"]) == (6, 2, 0.0)
+    assert same["retest_r"] == pytest.approx(1.0) and same["within_passage_retest_r"] == pytest.approx(1.0)
+    assert same["best_agree"] == 1.0 and same["edit_sd"] == pytest.approx(1.0)
+    rev = {(p, j): {"logprob": g0[(p, 2 - j)]["logprob"], "f1": 0.0} for p, j in g0}
+    flipped = rr.reliability(g0, rev, "logprob")
+    assert flipped["within_passage_retest_r"] == pytest.approx(-1.0) and flipped["best_agree"] == 0.0
+    assert flipped["noise_sd"] == pytest.approx(math.sqrt(16 / 12))  # (±2)² on 4 of 6 edits, over 2 x 6
+
+
+@pytest.mark.slow
+def test_reward_reliability_quick(tmp_path, capsys):
+    """`python benchmarks/reward_reliability.py --quick`: the teacher's edits, two evals under two seeds, the
+    figures, on the real SmolLM2, into a scratch folder."""
+    out = tmp_path / "rr.json"
+    script("reward_reliability").main(["--quick", "--runs", str(tmp_path / "runs"), "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["k"] == 2 and len(result["per_edit"]) == 4
+    for m in ("logprob", "f1"):
+        assert result["metrics"][m]["edits"] == 4 and finite(result["metrics"][m]["noise_sd"])
+    assert "best_agree" in capsys.readouterr().out
