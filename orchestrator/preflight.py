@@ -42,6 +42,26 @@ def check_trainer_args(cfg: Config) -> None:
         from trl import GRPOConfig
 
         trl_args.check(GRPOConfig, cfg.algorithm.grpo.trainer_args, "algorithm.grpo.trainer_args")
+        if cfg.algorithm.name == "grpo" and cfg.algorithm.grpo.trainer_args.get("use_vllm"):
+            check_vllm("algorithm.grpo.trainer_args.use_vllm")
+
+
+def check_vllm(where: str) -> None:
+    """GRPO's vLLM generation (TRL's ``use_vllm``, ``vllm_mode`` colocate or server) needs the vllm package
+    and a CUDA GPU: refused here, before a run directory, rather than deep inside TRL's trainer."""
+    import importlib.util
+
+    import torch
+
+    missing = []
+    if importlib.util.find_spec("vllm") is None:
+        missing.append("the vllm package is not installed (pip install vllm, the version TRL's docs name)")
+    if not torch.cuda.is_available():
+        missing.append("no CUDA GPU is visible")
+    if missing:
+        raise ConfigError(
+            f"{where}=true: {'; '.join(missing)}. Set it to false to sample with transformers' generate"
+        )
 
 
 def check_task(cfg: Config) -> Any:

@@ -14,13 +14,13 @@ with :func:`merge_update`.
 from __future__ import annotations
 
 import gc
-import hashlib
 import math
 from typing import Any
 
 import torch
 
 from core.config import AdaptConfig
+from core.seeds import derive_seed
 from core.task import TrainingItem
 
 OOM_ADAPT = "out of memory while adapting or scoring; lower adapt.batch_size or eval_batch_size"
@@ -127,12 +127,6 @@ def merge_update(student: Any, items: list[TrainingItem], seed: int) -> float:
 
 # ---- seeds: an update's seed depends only on what is updated, never on the order updates run in, so a
 # resumed, batched or distributed run gives the same results.
-
-
-def derive_seed(*parts: object) -> int:
-    """A 31-bit seed from ``parts`` (joined with ``/``, hashed with SHA-256)."""
-    key = "/".join(str(p) for p in parts)
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
 def edit_seed(run_seed: int, edit: Any, student: str) -> int:

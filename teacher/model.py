@@ -11,8 +11,10 @@ from tqdm.auto import tqdm
 
 from core import faults
 from core.config import TeacherConfig
+from core.distributed import all_gather, current
 from core.prompts import render_prompt
 from core.records import Context, Edit
+from core.seeds import derive_seed
 from teacher.training import sft_train
 
 log = logging.getLogger(__name__)
@@ -48,19 +50,53 @@ class Teacher:
     def propose(
         self, contexts: list[Context], round_index: int, seed: int, progress: bool = False
     ) -> list[Edit]:
-        """Sample ``generation.num_edits`` edits for every context (temperature / nucleus sampling)."""
+        """Sample ``generation.num_edits`` edits for every context (temperature / nucleus sampling), in the
+        order of ``contexts``. One process samples them all from one random stream seeded with ``seed``.
+
+        Under a launcher every rank samples its share (collective: every rank calls it alike): the contexts
+        go in batches of ``generation.batch_size`` prompts, the same batches whatever the world size, each
+        sampled from its own seed (``seed`` for the first, ``derive_seed(seed, batch index)`` for the others)
+        on the rank whose contiguous share of batches holds it, and the ranks' edits are gathered in batch
+        order. So every world size > 1 writes the same edits for the same seed (tested against
+        :meth:`propose_batches` with ``per_batch_seeds`` in one process), and so does one process when the
+        contexts fit one batch; with more batches a single process's one stream gives other edits."""
+        env = current()
+        per_call = max(1, self.cfg.generation.batch_size // self.cfg.generation.num_edits)
+        starts = list(range(0, len(contexts), per_call))
+        if env.world_size == 1:
+            return self.propose_batches(contexts, starts, round_index, seed, progress)
+        lo, hi = env.rank * len(starts) // env.world_size, (env.rank + 1) * len(starts) // env.world_size
+        mine = self.propose_batches(
+            contexts, starts[lo:hi], round_index, seed, progress and env.is_main, per_batch_seeds=True
+        )
+        return [e for part in all_gather(mine) for e in part]
+
+    def propose_batches(
+        self,
+        contexts: list[Context],
+        starts: list[int],
+        round_index: int,
+        seed: int,
+        progress: bool = False,
+        per_batch_seeds: bool = False,
+    ) -> list[Edit]:
+        """The edits of the batches of contexts that begin at ``starts`` (each ``batch_size // num_edits``
+        contexts): from one stream seeded with ``seed``, or each batch from ``derive_seed(seed, index)``
+        (``per_batch_seeds``; index = the batch's position among all of ``contexts``' batches)."""
         g = self.cfg.generation
         device = next(self.model.parameters()).device
         torch.manual_seed(seed)
         edits: list[Edit] = []
         per_call = max(1, g.batch_size // g.num_edits)
         bar = tqdm(
-            total=len(contexts),
+            total=sum(len(contexts[i : i + per_call]) for i in starts),
             desc=f"teacher round {round_index}: writing edits",
             disable=not progress,
             unit="ctx",
         )
-        for i in range(0, len(contexts), per_call):
+        for i in starts:
+            if per_batch_seeds:  # batch 0 from seed itself: one batch samples as one process does
+                torch.manual_seed(seed if i == 0 else derive_seed(seed, i // per_call))
             chunk = contexts[i : i + per_call]
             prompts = [self.prompt(c) for c in chunk]
             enc = self.tok(

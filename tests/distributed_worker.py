@@ -163,6 +163,18 @@ def main(out_dir: Path, cache: str) -> None:
         gpt2.evaluate_edits = evaluate_edits
         ref = ref_pool.evaluate(edits, by_id, run_seed=0)
         facts["reference"] = [{n: outcome_facts(o) for n, o in r.per_student.items()} for r in ref]
+    # Teacher sampling on every rank: one prompt per generate() call, so 3 batches over 2 ranks (1 and 2);
+    # the gathered edits equal one process's per-batch-seeded sampling of all three.
+    from orchestrator.models import build_teacher
+
+    teacher_cfg = copy.deepcopy(cfg)
+    teacher_cfg.teacher.generation.batch_size = teacher_cfg.teacher.generation.num_edits
+    teacher, _ = build_teacher(teacher_cfg, task, CPU)
+    sampled = teacher.propose(ctxs[:3], 0, seed=5)
+    facts["sampling"] = {"keys": [e.key for e in sampled], "texts": [e.text for e in sampled]}
+    if env.is_main:
+        one = teacher.propose_batches(ctxs[:3], [0, 1, 2], 0, seed=5, per_batch_seeds=True)
+        facts["sampling"]["one_process"] = [e.text for e in one]
     # Several nodes without a shared disk: each rank has its own copy of the run folder, and only rank 0's
     # holds the checkpoint rank 0 wrote. Every rank learns which ranks lack it.
     own = out_dir / f"disk{env.rank}" / "run" / "teacher" / "round_1"

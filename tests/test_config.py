@@ -172,3 +172,36 @@ def test_teacher_update_uses_trainer_args(smoke_cfg, task):
     finally:
         trl.SFTTrainer.__init__ = real_init
     assert seen["args"].max_steps == 1 and seen["args"].logging_steps == 1
+
+
+def test_grpo_with_vllm_is_refused_without_vllm_or_a_gpu(monkeypatch):
+    """algorithm.grpo.trainer_args.use_vllm (TRL's vLLM generation, colocate or server): where the vllm
+    package or a CUDA GPU is missing the run is refused before it starts, naming what is missing and the fix;
+    with both present (faked here) the check passes and TRL gets the fields as given."""
+    import importlib.util
+
+    import torch
+
+    from orchestrator.preflight import check_trainer_args
+
+    cfg = load_config(
+        CONFIGS / "smoke.yaml",
+        [
+            "algorithm.name=grpo",
+            "algorithm.grpo.prompts_per_step=2",
+            "algorithm.grpo.trainer_args.use_vllm=true",
+            "algorithm.grpo.trainer_args.vllm_mode=colocate",
+        ],
+    )
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "vllm" else real_find(n, *a))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(
+        ConfigError, match=r"use_vllm=true: the vllm package is not installed .*; no CUDA GPU"
+    ):
+        check_trainer_args(cfg)
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: object() if n == "vllm" else real_find(n, *a)
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    check_trainer_args(cfg)  # both present: nothing to refuse

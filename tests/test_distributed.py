@@ -417,6 +417,17 @@ def test_a_zero3_lora_student_keeps_one_engine_and_batches_its_edits(worker):
     assert worker[0]["pool"]["results"] == worker[1]["pool"]["results"]
 
 
+@pytest.mark.distributed
+def test_the_teacher_samples_on_every_rank_as_one_process_would(worker):
+    """Issue 14 item 3: each rank samples its share of the batches (rank 0 one, rank 1 two), every rank gets
+    all the edits in context order, equal to one process sampling the same batches from the same seeds."""
+    r0, r1 = (f["sampling"] for f in worker)
+    assert r0["keys"] == r1["keys"] and r0["texts"] == r1["texts"]
+    assert len(r0["texts"]) == 3 * 2 and len({k.split("/")[1] for k in r0["keys"]}) == 3
+    assert r0["texts"] == r0["one_process"]
+    assert len(set(r0["texts"])) > 1
+
+
 # -- 2 ranks: the CLI under the deepspeed launcher -------------------------------------------------------------
 RUN_OVERRIDES = [
     f"run.cache_dir={CACHE}",

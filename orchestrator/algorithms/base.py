@@ -90,19 +90,21 @@ def score_edits(
     tag = "heldout" if heldout else "train"
     proposals = f"edits/round_{round_index}.{tag}.proposed.json"
 
-    def load_or_propose() -> list[Edit]:
+    def persisted() -> list[Edit] | None:
         if (rd.path / proposals).exists():
             return [Edit(**e) for e in _read_json(rd.path / proposals)]
-        seed = cfg.run.seed * 1000 + round_index * 2 + int(heldout)
-        edits = ctx.teacher.propose(contexts, round_index, seed, progress=ctx.progress)
-        rd.write_json(proposals, [e.__dict__ for e in edits])
-        return edits
+        return None
 
     def scored_records() -> dict[tuple[str, bool], EditResult]:
         return {(r.edit.key, r.heldout): r for r in rd.edits(round_index)}
 
-    # Under a launcher rank 0 reads the run directory and samples the edits; every rank gets the same lists.
-    edits = on_rank0(load_or_propose)
+    # Under a launcher rank 0 reads the run directory and every rank gets what it read; the teacher samples
+    # new edits on every rank, each its share of the contexts, gathered in order (Teacher.propose).
+    edits = on_rank0(persisted)
+    if edits is None:
+        seed = cfg.run.seed * 1000 + round_index * 2 + int(heldout)
+        edits = ctx.teacher.propose(contexts, round_index, seed, progress=ctx.progress)
+        rd.write_json(proposals, [e.__dict__ for e in edits])  # rank 0's RunDir writes; the others' do not
     done = on_rank0(scored_records)
     todo = [e for e in edits if (e.key, heldout) not in done]
     if len(todo) < len(edits):
