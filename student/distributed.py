@@ -8,7 +8,8 @@ Per student, ``sharding`` picks the placement:
   when the student is loaded (each rank holds ~1/world of every tensor) and stay so, behind one DeepSpeed
   engine built then and kept for the run. LoRA edits go through the batched path on it, several at a time,
   each step's rows split across the ranks and the adapters' gradients summed; scoring splits the adapters
-  over the ranks, the student gathered once. Full fine-tuning trains through an engine built per edit.
+  over the ranks, the student gathered once. Full fine-tuning trains through the same kind of kept engine,
+  with an optimizer, reset after each edit.
   Either way the base is bit-exact afterwards (tested); :class:`ShardedStudent` says how.
 
 :class:`DistributedPool` has the interface of :class:`~student.pool.StudentPool` (``evaluate``,
@@ -155,8 +156,10 @@ class ShardedStudent(Student):
     on every rank and frozen). Scoring gathers the student once per call (``gather_for_generation``) and
     splits the adapters (and the baselines' contexts) over the ranks.
 
-    Full fine-tuning builds an engine with its optimizer per edit (its fp32 master weights and AdamW moments
-    live only during the edit) and restores the rank's saved partitions afterwards."""
+    Full fine-tuning also keeps one engine, with its optimizer over every parameter (ZeRO-2 / -3 partition
+    its fp32 master copy and AdamW moments; they stay allocated for the run, where an engine per edit freed
+    them between edits); each edit sets the learning rate and clipping, trains, and restores the rank's saved
+    partitions, refreshes the master copy from them and drops the optimizer state."""
 
     def __init__(self, cfg: StudentConfig, model: Any, tokenizer: Any, task: Any, ds_config: dict[str, Any]):
         super().__init__(cfg, model, tokenizer, task)
@@ -174,6 +177,11 @@ class ShardedStudent(Student):
                 ) from exc
             if self.stage == 3:
                 self._engine_alive = self._build_engine(self.model)
+        else:  # full fine-tuning: one engine with its optimizer over every parameter, reset for each edit
+            for p in self.model.parameters():
+                p.requires_grad_(True)
+            with self._zero3():
+                self._engine_alive = self._build_engine(self.model, list(self.model.parameters()))
 
     @property
     def adapter_ranks(self) -> tuple[int, int] | None:
@@ -289,33 +297,11 @@ class ShardedStudent(Student):
             gc.unfreeze()
         return engine
 
-    @staticmethod
-    def _destroy(engine: Any) -> None:
-        """Destroy an engine: its ZeRO-3 hooks leave the modules and its optimizer buffers are dropped."""
-        engine.destroy()
-        # destroy() (DeepSpeed 0.19.8) leaves the engine's two module-level forward hooks behind: they would
-        # keep the dead engine alive and run its prologue on every later forward.
-        for handle in (engine.module_forward_pre_hook, engine.module_forward_post_hook):
-            if handle is not None:
-                handle.remove()
-
-    @contextmanager
-    def _engine(
-        self, model: Any, params: list[torch.Tensor] | None = None, adapt: AdaptConfig | None = None
-    ) -> Iterator[Any]:
-        """:meth:`_build_engine`, destroyed on exit."""
-        engine = self._build_engine(model, params, adapt)
-        try:
-            yield engine
-        finally:
-            self._destroy(engine)
-
     # -- scoring -------------------------------------------------------------------------------------------
     def baselines(self, contexts: Iterable[Context]) -> None:
         """Score the unadapted student on the contexts not yet scored (cached). Where scoring is local
         (:attr:`splits_scoring`) the ranks share the contexts, the student gathered once; otherwise every rank
-        scores every context through the engine's hooks (a scoring-only engine if none is alive: full
-        fine-tuning)."""
+        scores every context through the engine's hooks."""
         missing = [c for c in contexts if c.id not in self._baselines]
         if not missing:
             return
@@ -327,8 +313,7 @@ class ShardedStudent(Student):
             for part in all_gather(mine):
                 self._baselines.update(part)
             return
-        hooks = self._engine(self.model) if self._engine_alive is None else nullcontext()
-        with self._zero3(), hooks:
+        with self._zero3():  # layer by layer through the engine's hooks, every rank on every context
             for c in missing:
                 self._baselines[c.id] = self.score(c)
 
@@ -344,7 +329,8 @@ class ShardedStudent(Student):
         """Inside: the student is adapted to ``items`` with ``adapt`` (default: its own settings; a task may
         set them per edit) and the last epoch's loss is bound; on exit the base is bit-exact. LoRA: one
         adapter of the batched path on the run's engine (removed on exit: the base was never modified). Full
-        fine-tuning: a per-edit engine; on exit it is destroyed and the rank's saved partitions copied back."""
+        fine-tuning: the run's engine, its learning rate and clipping set for the edit; on exit the rank's saved
+        partitions are copied back and the optimizer reset."""
         a = adapt or self.cfg.adapt
         if a.method == "lora":
             with MultiLoRA(self, [seed], a) as ml:
@@ -355,31 +341,33 @@ class ShardedStudent(Student):
                 with ml.route([0], [1]):  # one adapter: any number of rows
                     yield loss
             return
-        base = self.model
-        with self._zero3():
-            torch.manual_seed(seed)
-            snapshot = [_local_tensor(p).detach().clone() for p in base.parameters()]
-            for p in base.parameters():
-                p.requires_grad_(True)
-            try:
-                params = [p for p in base.parameters() if p.requires_grad]
-                with self._engine(base, params, a) as engine:
-                    loss = self._train(engine, base, items, seed, a)
-                    self._engine_alive = engine
-                    try:
-                        yield loss
-                    finally:
-                        self._engine_alive = None
-            finally:
-                self.model = self._restore(base, snapshot)
+        engine, base = self._engine_alive, self.model
+        snapshot = [_local_tensor(p).detach().clone() for p in base.parameters()]
+        optimizer = engine.optimizer  # DeepSpeed's ZeRO optimizer around a torch AdamW
+        for group in optimizer.param_groups:
+            group["lr"] = a.learning_rate
+        optimizer.clip_grad = engine._config.gradient_clipping = a.max_grad_norm
+        try:
+            with self._zero3():
+                torch.manual_seed(seed)
+                yield self._train(engine, base, items, seed, a)
+        finally:
+            self._restore(base, snapshot)
 
-    def _restore(self, base: Any, snapshot: list[torch.Tensor]) -> Any:
+    def _restore(self, base: Any, snapshot: list[torch.Tensor]) -> None:
+        """Gathered layers released, the rank's saved partitions copied back, the optimizer's fp32 master copy
+        refreshed from them and its AdamW state dropped (the next edit starts from the base with a fresh
+        optimizer, as a new engine would), gradients cleared."""
+        optimizer = self._engine_alive.optimizer
+        if self.stage == 3:  # layers a failed step left gathered hold stale weights: release them first
+            optimizer.empty_partition_cache()
         with torch.no_grad():
             for p, saved in zip(base.parameters(), snapshot):
                 _local_tensor(p).copy_(saved)
-                p.requires_grad_(False)
+        optimizer.refresh_fp32_params()
+        optimizer.optimizer.state.clear()
+        optimizer.zero_grad()
         base.eval()
-        return base
 
     def _train(self, engine: Any, model: Any, items: list[TrainingItem], seed: int, a: AdaptConfig) -> float:
         """The inner loop of :meth:`Student.train_items` (same schedule, train mode, optimizer, clipping),

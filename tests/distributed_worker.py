@@ -106,7 +106,15 @@ def main(out_dir: Path, cache: str) -> None:
     sc_full = copy.deepcopy(sc_llama)
     sc_full.adapt.method, sc_full.adapt.epochs = "full", 2
     full = load_sharded_student(sc_full, paths["llama-t"], toks["llama-t"], task, CPU)
-    facts["full"] = adapt_facts(full, qa_edit(ctxs[0]), ctxs[0], seed=1)
+    initialize, built = deepspeed.initialize, []
+    deepspeed.initialize = lambda *a, **k: built.append(1) or initialize(*a, **k)
+    try:
+        facts["full"] = adapt_facts(full, qa_edit(ctxs[0]), ctxs[0], seed=1)
+        # the kept engine reset after each edit: the same edit again gives the same outcome, bit for bit
+        facts["full_again"] = adapt_facts(full, qa_edit(ctxs[0]), ctxs[0], seed=1)
+    finally:
+        deepspeed.initialize = initialize
+    facts["full_engines_built"] = len(built)
     for key, sharding, offload in [("zero2", "zero2", "none"), ("offload", "zero3", "cpu")]:
         sc_v = copy.deepcopy(sc_llama)
         sc_v.sharding, sc_v.offload = sharding, offload

@@ -373,6 +373,16 @@ def test_edit_trains_through_the_engine_and_the_base_comes_back_bit_exact(worker
 
 
 @pytest.mark.distributed
+def test_full_fine_tuning_keeps_one_engine_reset_after_each_edit(worker):
+    """A ZeRO-3 full-fine-tuning student's edits build no engine (its one engine, with its optimizer, was
+    built at load): after an edit the partitions, the optimizer's master copy and its state are reset, so the
+    same edit again gives exactly the same outcome."""
+    for facts in worker:
+        assert facts["full_engines_built"] == 0
+        assert facts["full_again"] == facts["full"]
+
+
+@pytest.mark.distributed
 def test_a_diverging_edit_fails_alike_on_every_rank(worker):
     for facts in worker:
         f = facts["diverged"]
