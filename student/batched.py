@@ -451,6 +451,8 @@ def evaluate_batch(
                 ml, [contexts[i] for i in live], [g for g, t in enumerate(trained) if not t[1]]
             )
     except torch.OutOfMemoryError:
+        if student.adapter_ranks is not None:
+            raise  # ranks adapt together: one rank falling back alone would leave the others in a collective
         free_memory()
         log.warning(OOM_BATCH, len(live))
         return [student.evaluate_once(t, c, s) for t, c, s in zip(edit_texts, contexts, seeds)]

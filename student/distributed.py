@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from core.config import AdaptConfig, StudentConfig
-from core.distributed import all_gather, all_ranks, current
+from core.distributed import all_ranks, current
 from core.records import Context, Edit, EditResult, StudentOutcome, StudentScore
 from core.task import TrainingItem
 from student.batched import MultiLoRA, lora_targets, train_adapters
@@ -153,7 +153,7 @@ class ShardedStudent(Student):
     and train data-parallel (each rank a share of every step's rows, gradients summed: ``adapter_ranks``). The
     adapters and their AdamW states are replicated on every rank, as DDP keeps a model: for rank-r matrices
     that is a few MB, where ZeRO would partition them. ZeRO-2 LoRA needs no engine at all (the base is whole
-    on every rank and frozen). Scoring gathers the student once per call (``gather_for_generation``) and
+    on every rank and frozen; ``offload`` has nothing to move then). Scoring gathers the student once per call (``gather_for_generation``) and
     splits the adapters (and the baselines' contexts) over the ranks.
 
     Full fine-tuning also keeps one engine, with its optimizer over every parameter (ZeRO-2 / -3 partition
@@ -182,6 +182,8 @@ class ShardedStudent(Student):
                 p.requires_grad_(True)
             with self._zero3():
                 self._engine_alive = self._build_engine(self.model, list(self.model.parameters()))
+            # fp16's dynamic loss scale adapts to each edit's overflows: every edit starts from the initial one
+            self._loss_scaler = copy.deepcopy(self._engine_alive.optimizer.loss_scaler)
 
     @property
     def adapter_ranks(self) -> tuple[int, int] | None:
@@ -233,10 +235,10 @@ class ShardedStudent(Student):
         env = current()
         lo, hi = share(len(which), env.rank, env.world_size)
         with self.whole():
-            mine = super().score_adapters(ml, contexts, which[lo:hi]) if hi > lo else {}
+            parts = all_ranks(lambda: super(ShardedStudent, self).score_adapters(ml, contexts, which[lo:hi]))
         out: dict[int, StudentScore] = {}
-        for part in all_gather(mine):
-            out.update(part)
+        for part in parts:
+            out.update(part or {})
         return out
 
     @property
@@ -302,16 +304,16 @@ class ShardedStudent(Student):
         """Score the unadapted student on the contexts not yet scored (cached). Where scoring is local
         (:attr:`splits_scoring`) the ranks share the contexts, the student gathered once; otherwise every rank
         scores every context through the engine's hooks."""
-        missing = [c for c in contexts if c.id not in self._baselines]
+        missing = list({c.id: c for c in contexts if c.id not in self._baselines}.values())
         if not missing:
             return
         if self.splits_scoring:
             env = current()
             lo, hi = share(len(missing), env.rank, env.world_size)
             with self.whole():
-                mine = {c.id: Student.score(self, c) for c in missing[lo:hi]}
-            for part in all_gather(mine):
-                self._baselines.update(part)
+                parts = all_ranks(lambda: {c.id: Student.score(self, c) for c in missing[lo:hi]})
+            for part in parts:
+                self._baselines.update(part or {})
             return
         with self._zero3():  # layer by layer through the engine's hooks, every rank on every context
             for c in missing:
@@ -357,7 +359,7 @@ class ShardedStudent(Student):
     def _restore(self, base: Any, snapshot: list[torch.Tensor]) -> None:
         """Gathered layers released, the rank's saved partitions copied back, the optimizer's fp32 master copy
         refreshed from them and its AdamW state dropped (the next edit starts from the base with a fresh
-        optimizer, as a new engine would), gradients cleared."""
+        optimizer and the initial loss scale, as a new engine would), gradients cleared."""
         optimizer = self._engine_alive.optimizer
         if self.stage == 3:  # layers a failed step left gathered hold stale weights: release them first
             optimizer.empty_partition_cache()
@@ -366,6 +368,7 @@ class ShardedStudent(Student):
                 _local_tensor(p).copy_(saved)
         optimizer.refresh_fp32_params()
         optimizer.optimizer.state.clear()
+        optimizer.loss_scaler, optimizer.overflow = copy.deepcopy(self._loss_scaler), False
         optimizer.zero_grad()
         base.eval()
 

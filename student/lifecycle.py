@@ -4,7 +4,7 @@ undone or kept, and what a failed update reports.
 An update on a student runs *prepare training items → adapt → score → restore (or merge)*. The adapt step has
 several drivers, each for a reason: :class:`student.student.Student` (one edit: LoRA or full fine-tuning),
 :mod:`student.batched` (many LoRA edits in one pass; also a ZeRO-sharded student's LoRA edits, data-parallel
-on its one engine), :mod:`student.distributed` (a ZeRO-sharded student's full fine-tuning, an engine per edit)
+on its one engine), :mod:`student.distributed` (a ZeRO-sharded student's full fine-tuning, on its one engine)
 and :mod:`student.distill` (TRL's GKD/GOLD trainers). They all build their LoRA with :func:`lora_config`
 (peft injects it with :func:`inject_lora`; the batched path replays peft's initialisation on its own hooks),
 report failures as :class:`EditError` with the messages below, and the continual protocol keeps an update

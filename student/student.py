@@ -179,6 +179,8 @@ class Student:
         except EditError as exc:
             return StudentOutcome(base, None, 0.0, error=str(exc), note=note)
         except torch.OutOfMemoryError:
+            if self.adapter_ranks is not None:
+                raise  # a sharded student's ranks adapt together: one rank cannot record a failure alone
             free_memory()
             return StudentOutcome(base, None, 0.0, error=OOM_ADAPT, note=note)
         return StudentOutcome(base, adapted, 0.0, train_loss=loss, note=note)

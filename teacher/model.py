@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from core import faults
 from core.config import TeacherConfig
-from core.distributed import all_gather, current
+from core.distributed import all_ranks, current
 from core.prompts import render_prompt
 from core.records import Context, Edit
 from core.seeds import derive_seed
@@ -66,10 +66,12 @@ class Teacher:
         if env.world_size == 1:
             return self.propose_batches(contexts, starts, round_index, seed, progress)
         lo, hi = env.rank * len(starts) // env.world_size, (env.rank + 1) * len(starts) // env.world_size
-        mine = self.propose_batches(
-            contexts, starts[lo:hi], round_index, seed, progress and env.is_main, per_batch_seeds=True
+        parts = all_ranks(  # a rank that fails (e.g. out of memory) stops every rank with its error
+            lambda: self.propose_batches(
+                contexts, starts[lo:hi], round_index, seed, progress and env.is_main, per_batch_seeds=True
+            )
         )
-        return [e for part in all_gather(mine) for e in part]
+        return [e for part in parts for e in part or []]
 
     def propose_batches(
         self,
@@ -116,6 +118,7 @@ class Teacher:
                 num_return_sequences=g.num_edits,
                 pad_token_id=self.tok.pad_token_id,
                 eos_token_id=self.tok.eos_token_id,
+                synced_gpus=False,  # whole on every rank: never step with the others (they sample other batches)
             )
             faults.point("generate")
             texts = self.tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
