@@ -205,6 +205,18 @@ def all_ranks(fn: Callable[[], T], run: bool = True) -> list[T | None]:
     return [value for _, value in gathered]
 
 
+def share(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """``[lo, hi)`` of this rank's contiguous share of n items; shares differ in size by at most one."""
+    return rank * n // world_size, (rank + 1) * n // world_size
+
+
+def all_reduce(t: Any) -> None:
+    """Sum a tensor over the ranks, in place (nothing to do in one process)."""
+    dist = _dist()
+    if dist is not None:
+        dist.all_reduce(t)
+
+
 def barrier() -> None:
     dist = _dist()
     if dist is not None:

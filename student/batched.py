@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from core import faults
 from core.config import AdaptConfig
+from core.distributed import all_reduce
 from core.records import Context, StudentOutcome, StudentScore
 from core.task import TrainingItem
 from student.head import token_losses
@@ -347,13 +348,6 @@ def _plan(n_items: int, epochs: int, batch_size: int, seed: int) -> list[tuple[i
     """The edit's steps in order, as (epoch, item indices)."""
     schedule = batch_schedule(n_items, epochs, batch_size, seed)
     return [(epoch, idx) for epoch, steps in enumerate(schedule) for idx in steps]
-
-
-def all_reduce(t: torch.Tensor) -> None:
-    """Sum ``t`` over the ranks, in place."""
-    import torch.distributed as dist
-
-    dist.all_reduce(t)
 
 
 def reduce_grads(params: list[torch.Tensor]) -> None:

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from core.config import AdaptConfig, StudentConfig
-from core.distributed import all_ranks, current
+from core.distributed import all_ranks, current, share
 from core.records import Context, Edit, EditResult, StudentOutcome, StudentScore
 from core.task import TrainingItem
 from student.batched import MultiLoRA, lora_targets, train_adapters
@@ -279,22 +279,20 @@ class ShardedStudent(Student):
     def _zero3(self) -> Any:
         return hf_zero3(self.ds_config) if self.stage == 3 else nullcontext()
 
-    def _build_engine(
-        self, model: Any, params: list[torch.Tensor] | None = None, adapt: AdaptConfig | None = None
-    ) -> Any:
-        """A DeepSpeed engine over ``model``: an AdamW over ``params`` with ``adapt``'s rate and clipping, or
-        none (its ZeRO-3 hooks only)."""
+    def _build_engine(self, model: Any, params: list[torch.Tensor] | None = None) -> Any:
+        """The student's one DeepSpeed engine over ``model``: an AdamW over ``params`` (full fine-tuning; each
+        edit sets its rate and clipping), or none (its ZeRO-3 hooks only)."""
         import deepspeed
 
-        a = adapt or self.cfg.adapt
-        config = copy.deepcopy(self.ds_config)
-        config["gradient_clipping"] = a.max_grad_norm
+        a = self.cfg.adapt
         opt = torch.optim.AdamW(params, lr=a.learning_rate, weight_decay=0.0) if params else None
         # ZeRO-3's setup calls gc.collect(), which would scan every long-lived object of the process (~1 s
         # a call on CPU): frozen objects are skipped, and unfreezing puts them back as they were.
         gc.freeze()
         try:
-            engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=config)
+            engine, *_ = deepspeed.initialize(
+                model=model, optimizer=opt, config=copy.deepcopy(self.ds_config)
+            )
         finally:
             gc.unfreeze()
         return engine
@@ -407,11 +405,6 @@ class ShardedStudent(Student):
         engine.backward(out.loss * env.world_size)
         engine.step()
         return float(mean_loss)
-
-
-def share(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """``[lo, hi)`` of this rank's contiguous share of n items; shares differ in size by at most one."""
-    return rank * n // world_size, (rank + 1) * n // world_size
 
 
 class DistributedPool:

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from core import faults
 from core.config import TeacherConfig
-from core.distributed import all_ranks, current
+from core.distributed import all_ranks, current, share
 from core.prompts import render_prompt
 from core.records import Context, Edit
 from core.seeds import derive_seed
@@ -65,7 +65,7 @@ class Teacher:
         starts = list(range(0, len(contexts), per_call))
         if env.world_size == 1:
             return self.propose_batches(contexts, starts, round_index, seed, progress)
-        lo, hi = env.rank * len(starts) // env.world_size, (env.rank + 1) * len(starts) // env.world_size
+        lo, hi = share(len(starts), env.rank, env.world_size)
         parts = all_ranks(  # a rank that fails (e.g. out of memory) stops every rank with its error
             lambda: self.propose_batches(
                 contexts, starts[lo:hi], round_index, seed, progress and env.is_main, per_batch_seeds=True

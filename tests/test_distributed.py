@@ -200,7 +200,7 @@ def test_a_sharded_students_zero3_context_keeps_a_trainers_global_config():
 
 
 def test_shares_differ_by_at_most_one_edit():
-    from student.distributed import share
+    from core.distributed import share
 
     for n in range(0, 9):
         for world in (1, 2, 3):

@@ -104,9 +104,8 @@ def score_edits(
     if edits is None:
         seed = cfg.run.seed * 1000 + round_index * 2 + int(heldout)
         edits = ctx.teacher.propose(contexts, round_index, seed, progress=ctx.progress)
-        on_rank0(
-            lambda: rd.write_json(proposals, [e.__dict__ for e in edits])
-        )  # a disk error stops every rank
+        records = [e.__dict__ for e in edits]
+        on_rank0(lambda: rd.write_json(proposals, records))  # rank 0 writes; a disk error stops every rank
     done = on_rank0(scored_records)
     todo = [e for e in edits if (e.key, heldout) not in done]
     if len(todo) < len(edits):
