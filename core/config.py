@@ -274,6 +274,22 @@ class GenerationConfig:
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass."})
     max_new_tokens: int = field(default=96, metadata={"help": "Longest edit in tokens."})
     batch_size: int = field(default=16, metadata={"help": "Prompts per generate() call."})
+    backend: str = field(
+        default="hf",
+        metadata={
+            "choices": ("hf", "vllm"),
+            "help": "hf: transformers' generate; vllm: TRL's vLLM generation (a CUDA GPU and the vllm package), "
+            "each edit seeded on its own so the edits do not depend on the world size.",
+        },
+    )
+    vllm: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "With backend=vllm: arguments of TRL's VLLMGeneration (e.g. {mode: colocate, "
+            "gpu_memory_utilization: 0.3, tensor_parallel_size: 1} or {mode: server, server_base_url: URL}); "
+            "sampling settings come from the fields above."
+        },
+    )
 
 
 @dataclass
@@ -557,7 +573,7 @@ class RunConfig:
         default=60.0,
         metadata={
             "help": "Under a launcher: how long a collective waits for the slowest rank before the run fails "
-            "(rank 0 samples the teacher's edits while the others wait; raise it for long generations)."
+            "(ranks wait for the slowest one's share of sampling and scoring; raise it for long generations)."
         },
     )
     device: str = field(

@@ -24,6 +24,7 @@ def preflight(cfg: Config) -> Any:
     for i, s in enumerate(cfg.students):
         check_model_source(s.model, f"students[{i}].model")
     check_trainer_args(cfg)
+    check_teacher_backend(cfg)
     from orchestrator.tracking import check_report_to
 
     check_report_to(cfg.run.report_to)
@@ -43,10 +44,38 @@ def check_trainer_args(cfg: Config) -> None:
 
         trl_args.check(GRPOConfig, cfg.algorithm.grpo.trainer_args, "algorithm.grpo.trainer_args")
         if cfg.algorithm.name == "grpo" and cfg.algorithm.grpo.trainer_args.get("use_vllm"):
-            check_vllm("algorithm.grpo.trainer_args.use_vllm")
+            check_vllm("algorithm.grpo.trainer_args.use_vllm=true")
 
 
-def check_vllm(where: str) -> None:
+def check_teacher_backend(cfg: Config) -> None:
+    """``teacher.generation.backend: vllm``: its options name arguments of TRL's ``VLLMGeneration`` that the
+    teacher does not set itself, and vLLM can run here."""
+    g = cfg.teacher.generation
+    if g.backend != "vllm":
+        if g.vllm:
+            raise ConfigError(
+                "teacher.generation.vllm is set but teacher.generation.backend is "
+                f"'{g.backend}': set backend=vllm to sample with vLLM, or drop the vllm options"
+            )
+        return
+    from teacher.vllm import SET_BY_TEACHER, allowed_options
+
+    allowed = allowed_options()
+    for key in g.vllm:
+        if key in SET_BY_TEACHER:
+            raise ConfigError(
+                f"teacher.generation.vllm.{key}: set by the teacher from teacher.generation (temperature, "
+                "top_p, max_new_tokens); remove it here"
+            )
+        if key not in allowed:
+            raise ConfigError(
+                f"teacher.generation.vllm.{key}: not an argument of TRL's VLLMGeneration; choose from "
+                f"{', '.join(allowed)}"
+            )
+    check_vllm("teacher.generation.backend=vllm", fix="set teacher.generation.backend=hf")
+
+
+def check_vllm(where: str, fix: str | None = None) -> None:
     """GRPO's vLLM generation (TRL's ``use_vllm``, ``vllm_mode`` colocate or server) needs the vllm package
     and a CUDA GPU: refused here, before a run directory, rather than deep inside TRL's trainer."""
     import importlib.util
@@ -59,9 +88,8 @@ def check_vllm(where: str) -> None:
     if not torch.cuda.is_available():
         missing.append("no CUDA GPU is visible")
     if missing:
-        raise ConfigError(
-            f"{where}=true: {'; '.join(missing)}. Set it to false to sample with transformers' generate"
-        )
+        fix = fix or f"set {where} to false"
+        raise ConfigError(f"{where}: {'; '.join(missing)}. To sample with transformers' generate, {fix}")
 
 
 def check_task(cfg: Config) -> Any:

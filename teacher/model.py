@@ -16,6 +16,7 @@ from core.prompts import render_prompt
 from core.records import Context, Edit
 from core.seeds import derive_seed
 from teacher.training import sft_train
+from teacher.vllm import VLLMSampler
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ class Teacher:
         self.adapter: Any = (
             None  # the last LoRA update, kept beside the merged weights (teacher.train.method=lora)
         )
+        self.vllm: VLLMSampler | None = None  # teacher.generation.backend=vllm: built on first use
+        self.weights_version = 0  # raised by every update or reload (the vLLM engine re-reads the weights)
         self.model.eval()
 
     @property
@@ -46,6 +49,11 @@ class Teacher:
             )
         return text
 
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """``prompt``'s token ids as the teacher is conditioned on them (and trained: :meth:`sft_records`):
+        special tokens added only when no chat template was applied (a rendered template already holds them)."""
+        return self.tok(prompt, add_special_tokens=not self.uses_chat_template)["input_ids"]
+
     @torch.no_grad()
     def propose(
         self, contexts: list[Context], round_index: int, seed: int, progress: bool = False
@@ -61,6 +69,8 @@ class Teacher:
         :meth:`propose_batches` with ``per_batch_seeds`` in one process), and so does one process when the
         contexts fit one batch; with more batches a single process's one stream gives other edits."""
         env = current()
+        if self.cfg.generation.backend == "vllm":
+            return self.propose_vllm(contexts, round_index, seed)
         per_call = max(1, self.cfg.generation.batch_size // self.cfg.generation.num_edits)
         starts = list(range(0, len(contexts), per_call))
         if env.world_size == 1:
@@ -139,6 +149,50 @@ class Teacher:
         bar.close()
         return edits
 
+    def propose_vllm(self, contexts: list[Context], round_index: int, seed: int) -> list[Edit]:
+        """:meth:`propose` through vLLM (``teacher.generation.backend: vllm``, :mod:`teacher.vllm`): every rank
+        samples its contiguous share of the contexts, sample ``k`` of each with seed ``derive_seed(seed, k)``,
+        so the edits do not depend on the world size; gathered in context order."""
+        g = self.cfg.generation
+        if self.vllm is None:
+            self.vllm = VLLMSampler(g.vllm, g.temperature, g.top_p, g.max_new_tokens)
+        env = current()
+        lo, hi = share(len(contexts), env.rank, env.world_size)
+        mine = contexts[lo:hi]
+        prompts = [self.prompt(c) for c in mine]
+        ids = [self.prompt_ids(p) for p in prompts]
+        # every rank sends as many prompts (TRL's server mode slices the results back by equal shares): pad
+        # with copies of a prompt and drop what they return
+        per_rank = -(-len(contexts) // env.world_size)
+        filler = ids[:1] or [self.prompt_ids(self.prompt(contexts[0]))]
+        padded = ids + filler * (per_rank - len(ids))
+        seeds = [derive_seed(seed, k) for k in range(g.num_edits)]
+
+        def sample() -> list[Edit]:
+            completions = self.vllm.sample(
+                self.model, self.tok, padded, g.num_edits, seeds, self.weights_version
+            )
+            faults.point("generate")
+            edits = []
+            for c, prompt, samples in zip(mine, prompts, completions):
+                for k, text in enumerate(self.tok.batch_decode(samples, skip_special_tokens=True)):
+                    edits.append(
+                        Edit(
+                            context_id=c.id,
+                            format=self.cfg.prompt_format,
+                            sample_index=k,
+                            text=text.strip(),
+                            teacher=self.checkpoint,
+                            prompt=prompt,
+                            round=round_index,
+                        )
+                    )
+            return edits
+
+        if env.world_size == 1:
+            return sample()
+        return [e for part in all_ranks(sample) for e in part or []]
+
     def sft_records(self, pairs: list[tuple[str, str]]) -> list[dict[str, list[int]]]:
         """(prompt, edit) pairs tokenized exactly as :meth:`propose` conditions on the prompt: special tokens
         added only when no chat template was applied (a rendered template already holds them; TRL tokenizing
@@ -146,7 +200,7 @@ class Teacher:
         EOS. ``completion_mask`` marks the edit and EOS, the only tokens with a loss."""
         records = []
         for prompt, edit in pairs:
-            p = self.tok(prompt, add_special_tokens=not self.uses_chat_template)["input_ids"]
+            p = self.prompt_ids(prompt)
             c = self.tok(edit, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
             records.append({"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)})
         return records
@@ -199,6 +253,7 @@ class Teacher:
             trainer_args=t.trainer_args,
             report=report,
         )
+        self.weights_version += 1
         if self.adapter is not None:
             self.adapter.base = self.initial if base == "round_0" else base
         return loss
@@ -231,6 +286,7 @@ class Teacher:
         LoRA on its own, trained from the checkpoint the teacher holds now, saved with the next checkpoint."""
         self.model = model
         self.adapter = adapter
+        self.weights_version += 1
         if adapter is not None:
             adapter.base = self.initial if self.checkpoint == "round_0" else self.checkpoint
         self.model.eval()
@@ -244,3 +300,4 @@ class Teacher:
         self.model.eval()
         self.checkpoint = checkpoint
         self.adapter = None
+        self.weights_version += 1

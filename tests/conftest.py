@@ -62,3 +62,20 @@ def make_student(smoke_cfg, task, student_paths):
         )
 
     return make
+
+
+@pytest.fixture
+def stand_in_vllm(monkeypatch):
+    """TRL's VLLMGeneration builds tests.vllm_stand_in.StandInLLM engines (undone after the test); yields the
+    list of engines built."""
+    import trl.generation.vllm_generation as vg
+
+    from tests.vllm_stand_in import StandInLLM, StandInSamplingParams
+
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)  # TRL sets them for vLLM; restored after the test
+    monkeypatch.setattr(vg, "is_vllm_available", lambda *a, **k: True)
+    monkeypatch.setattr(vg, "LLM", StandInLLM, raising=False)
+    monkeypatch.setattr(vg, "SamplingParams", StandInSamplingParams, raising=False)
+    StandInLLM.built.clear()
+    yield StandInLLM.built

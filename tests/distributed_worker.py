@@ -183,6 +183,20 @@ def main(out_dir: Path, cache: str) -> None:
     if env.is_main:
         one = teacher.propose_batches(ctxs[:3], [0, 1, 2], 0, seed=5, per_batch_seeds=True)
         facts["sampling"]["one_process"] = [e.text for e in one]
+    # teacher.generation.backend=vllm (TRL's VLLMGeneration around the tests' stand-in engine): 3 contexts over
+    # 2 ranks (2 and 1, the short share padded); the test compares with one process
+    from tests.vllm_stand_in import install
+
+    engines = install()
+    teacher_cfg.teacher.generation.backend = "vllm"
+    teacher.vllm = None
+    sampled = teacher.propose(ctxs[:3], 0, seed=5)
+    facts["vllm_sampling"] = {
+        "keys": [e.key for e in sampled],
+        "texts": [e.text for e in sampled],
+        "requests": len(engines[0].requests),
+        "engine_seed": engines[0].kwargs["seed"],
+    }
     # Several nodes without a shared disk: each rank has its own copy of the run folder, and only rank 0's
     # holds the checkpoint rank 0 wrote. Every rank learns which ranks lack it.
     own = out_dir / f"disk{env.rank}" / "run" / "teacher" / "round_1"

@@ -17,6 +17,7 @@ answer would flip only on a near-tie of logits).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -435,6 +436,26 @@ def test_the_teacher_samples_on_every_rank_as_one_process_would(worker):
     assert r0["keys"] == r1["keys"] and r0["texts"] == r1["texts"]
     assert len(r0["texts"]) == 3 * 2 and len({k.split("/")[1] for k in r0["keys"]}) == 3
     assert r0["texts"] == r0["one_process"]
+    assert len(set(r0["texts"])) > 1
+
+
+def test_the_vllm_backend_samples_on_every_rank_as_one_process_would(worker, smoke_cfg, task, stand_in_vllm):
+    """teacher.generation.backend=vllm under the launcher (TRL's VLLMGeneration, the tests' stand-in engine):
+    each rank samples its share of the contexts (2 and 1, the short share padded to 2 prompts per call), every
+    rank gets all the edits in context order, and they equal one process's: each edit's seed depends on its
+    sample index only, never on the world size."""
+    from orchestrator.models import build_teacher
+
+    r0, r1 = (f["vllm_sampling"] for f in worker)
+    assert r0["keys"] == r1["keys"] and r0["texts"] == r1["texts"]
+    assert (r0["engine_seed"], r1["engine_seed"]) == (0, 1)  # TRL's colocate seeding: the rank
+    g = smoke_cfg.teacher.generation
+    assert r0["requests"] == r1["requests"] == 2 * g.num_edits  # one call per sample index, 2 prompts each
+    cfg = copy.deepcopy(smoke_cfg)
+    cfg.teacher.generation.backend = "vllm"
+    teacher, _ = build_teacher(cfg, task, torch.device("cpu"))
+    one = teacher.propose(task.train_contexts()[:3], 0, seed=5)
+    assert [e.key for e in one] == r0["keys"] and [e.text for e in one] == r0["texts"]
     assert len(set(r0["texts"])) > 1
 
 
