@@ -81,6 +81,18 @@ def test_the_vllm_backend_is_refused_without_vllm_or_a_gpu_and_its_options_check
         r"set teacher.generation.backend=hf",
     ):
         check_teacher_backend(cfg)
+    # `teachedit eval --sources teacher` samples with the same teacher: refused the same way
+    from orchestrator.protocols import EvalRequest, plan_eval
+
+    data = CONFIGS.parent / "orchestrator" / "data" / "squad"
+    squad = _cfg(
+        "teacher.generation.backend=vllm",
+        "task.name=squad",
+        f"task.path={data / 'edits_qwen2.5-7b_train.json'}",
+    )
+    req = EvalRequest(data=str(data / "passages.json"), edits=[], limit=1, sources=["teacher"])
+    with pytest.raises(ConfigError, match=r"backend=vllm: the vllm package is not installed"):
+        plan_eval(squad, req)
     with pytest.raises(ConfigError, match=r"vllm.top_p: set by the teacher from teacher.generation"):
         check_teacher_backend(_cfg("teacher.generation.backend=vllm", "teacher.generation.vllm.top_p=0.5"))
     with pytest.raises(ConfigError, match=r"vllm.gpu_memory: not an argument .*gpu_memory_utilization"):

@@ -138,7 +138,7 @@ class EvalPlan:
 def plan_eval(cfg: Config, req: EvalRequest) -> EvalPlan:
     """Check the request, the task, the data files and every model source the request needs. Bad input
     raises here (ConfigError, DataFormatError, FileNotFoundError) with the fix named."""
-    from orchestrator.preflight import check_model_source
+    from orchestrator.preflight import check_model_source, check_teacher_backend
     from orchestrator.preflight import check_task as build_checked_task
 
     req.check()
@@ -154,6 +154,8 @@ def plan_eval(cfg: Config, req: EvalRequest) -> EvalPlan:
     check_disjoint(cfg, task, contexts)
     if "teacher" in req.sources and not req.allow_trained_passages:
         check_teacher_unseen(cfg, contexts)
+    if "teacher" in req.sources:
+        check_teacher_backend(cfg)
     models = [(s.model, f"students[{i}].model") for i, s in enumerate(cfg.students)]
     models += [(cfg.teacher.model, "teacher.model")] if "teacher" in req.sources else []
     models += [(cfg.judge.model, "judge.model")] if cfg.judge is not None else []
