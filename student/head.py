@@ -8,13 +8,20 @@ model's body runs once for the hidden states, the rows that need logits are gath
 those rows only, followed by whatever the model's own forward does to its logits after the head (Gemma 2 / 3:
 ``final_logit_softcapping``): the same logits as the full forward's at those positions.
 
-Only architectures whose ``forward`` was read (transformers 5.24; :data:`_HEADS`) take this path. Any other
-model, a peft prompt-learning model, or a head with hooks on it (a hook may depend on the batch shape, e.g. a
-LoRA router) runs the full forward and gathers: slower, same results.
+Only architectures whose ``forward`` was read (transformers 5.24; :data:`_HEADS`) take this path, with no hook
+on the head. Otherwise, where the model's own forward slices its hidden states with transformers'
+``slice_logits_to_keep`` (every causal LM of transformers 5), the forward runs with ``logits_to_keep`` set to a
+boolean mask of the positions needed: the head sees those rows only, and the model does what it does after
+the head itself (Granite's scaling, Cohere's). That path is taken when the head carries hooks that do not
+depend on the batch's shape, which are DeepSpeed ZeRO-3's (they gather the head's weights): a sharded
+student's training steps compute logits at their label positions only, as an unsharded one's. Any other hook
+on the head (one may depend on the batch shape, e.g. a LoRA router), a peft prompt-learning model or a
+model without ``logits_to_keep`` runs the full forward and gathers: slower, same results.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -57,14 +64,48 @@ def split_model(model: Any) -> tuple[Any, Any, float | None] | None:
     return body, head, softcap
 
 
+def _deepspeed_hooks_only(module: Any) -> bool:
+    hooks = [*module._forward_pre_hooks.values(), *module._forward_hooks.values()]
+    return all(getattr(h, "__module__", "").startswith("deepspeed.") for h in hooks)
+
+
+def keeps_logits(model: Any) -> bool:
+    """Whether ``model``'s forward takes a boolean ``logits_to_keep`` mask (transformers'
+    ``slice_logits_to_keep``) and its head has no hook other than DeepSpeed's."""
+    if type(model).__module__.startswith("peft."):
+        if model.active_peft_config.is_prompt_learning:
+            return False
+        model = model.get_base_model()
+    head = model.get_output_embeddings()
+    module = sys.modules.get(type(model).__module__)
+    return head is not None and hasattr(module, "slice_logits_to_keep") and _deepspeed_hooks_only(head)
+
+
+def head_path(model: Any) -> str:
+    """How :func:`logits_at` computes ``model``'s logits: ``split`` (body, then the head on the needed rows),
+    ``keep`` (the model's forward with a ``logits_to_keep`` mask) or ``full`` (every position, then gathered)."""
+    if split_model(model) is not None:
+        return "split"
+    return "keep" if keeps_logits(model) else "full"
+
+
 def logits_at(
     model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
 ) -> torch.Tensor:
     """``(K, V)`` ``model(input_ids, attention_mask).logits[rows, cols]`` in the model's dtype, with the head
-    run on those K positions only (:func:`split_model`)."""
+    run on the needed positions only where that is known to give the same logits (:func:`head_path`)."""
     parts = split_model(model)
     if parts is None:
-        return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[rows, cols]
+        if not keeps_logits(model):
+            return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[
+                rows, cols
+            ]
+        keep = torch.zeros_like(input_ids, dtype=torch.bool)
+        keep[rows, cols] = True
+        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep)
+        # the kept positions come row-major; each requested (row, col) is found among them
+        flat = (keep.flatten().cumsum(0) - 1).view_as(keep)
+        return out.logits[flat[rows, cols]]
     body, head, softcap = parts
     hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     logits = head(hidden[rows, cols])

@@ -90,6 +90,9 @@ def main(out_dir: Path, cache: str) -> None:
     sharded = load_sharded_student(sc_llama, paths["llama-t"], toks["llama-t"], task, CPU)
     plain = load_causal_lm(paths["llama-t"], sc_llama.model, CPU)
     facts["sharding"] = sharding_facts(sharded, plain)
+    from student.head import head_path
+
+    facts["head_path"] = head_path(sharded.model)  # its head carries the engine's ZeRO-3 hooks
     facts["lora"] = adapt_facts(sharded, qa_edit(ctxs[0]), ctxs[0], seed=1)
     # Scoring with the student gathered once per call (the default) or layer by layer at every step.
     scores = {}

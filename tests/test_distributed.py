@@ -419,8 +419,11 @@ def test_uneven_edits_do_not_deadlock_and_match_one_process(worker):
 def test_a_zero3_lora_student_keeps_one_engine_and_batches_its_edits(worker):
     """Issue 14 item 1: the pool's edits build no DeepSpeed engine (the student's one engine was built when it
     was loaded); its two usable edits train together through the batched path, data-parallel over the ranks;
-    the base is bit-exact and carries the same hooks afterwards; every rank holds the same outcomes."""
+    the base is bit-exact and carries the same hooks afterwards; every rank holds the same outcomes. Its head
+    carries ZeRO-3's hooks, so its training steps compute logits at label positions through the forward's
+    logits_to_keep mask (student.head), matching one process within 1e-5 (the tests above)."""
     for facts in worker:
+        assert facts["head_path"] == "keep"
         f = facts["one_engine"]
         assert f["engines_built"] == 0, f
         assert f["sharded_batches"] == [2], f

@@ -143,10 +143,11 @@ def test_head_only_scores_and_loss_equal_full_logits(make_student, task, name):
 
 def test_other_architectures_head_matches_forward():
     """logits_at equals the forward's logits for the other listed architectures, Gemma 3's final logit
-    soft-capping included, and for an unlisted one (the full-forward fallback)."""
+    soft-capping included; for an unlisted one (Granite: its forward's logits_to_keep mask, which applies its
+    own scaling); and for a head with a hook that is not DeepSpeed's (the full forward, then gathered)."""
     from transformers import AutoModelForCausalLM, Gemma3TextConfig, GraniteConfig, Qwen2Config
 
-    from student.head import logits_at, split_model
+    from student.head import head_path, logits_at
 
     small = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2)
     small.update(num_attention_heads=2, num_key_value_heads=1, pad_token_id=0)
@@ -162,13 +163,30 @@ def test_other_architectures_head_matches_forward():
     rows, cols = torch.tensor([0, 0, 1, 2, 2]), torch.tensor([0, 8, 5, 3, 7])
     for config in configs:
         model = AutoModelForCausalLM.from_config(config).eval()
-        assert (split_model(model) is None) == (config.model_type == "granite")
+        assert head_path(model) == ("keep" if config.model_type == "granite" else "split")
         with torch.no_grad():
             ref = model(input_ids=ids, attention_mask=mask).logits[rows, cols]
             fast = logits_at(model, ids, mask, rows, cols)
+            # requested out of row-major order, one position twice: the keep path maps each back
+            order = torch.tensor([4, 0, 2, 0])
+            again = logits_at(model, ids, mask, rows[order], cols[order])
         assert torch.allclose(fast, ref, atol=1e-5, rtol=0), config.model_type
+        assert torch.allclose(again, ref[order], atol=1e-5, rtol=0), config.model_type
         if config.model_type == "gemma3_text":
             assert ref.abs().max() < 2.0, "soft-capping applied"
+        if config.model_type == "granite":
+            assert not torch.allclose(
+                ref, model.lm_head(model.model(ids, attention_mask=mask)[0])[rows, cols]
+            )
+        seen = []
+        hook = model.get_output_embeddings().register_forward_hook(
+            lambda m, i, o, seen=seen: seen.append(i[0].shape)
+        )
+        assert head_path(model) == "full"  # a hook of unknown kind on the head: the whole forward
+        with torch.no_grad():
+            assert torch.allclose(logits_at(model, ids, mask, rows, cols), ref, atol=1e-5, rtol=0)
+        assert seen == [(3, 9, 32)]
+        hook.remove()
 
 
 def test_greedy_answers_stop_at_first_newline(make_student, task):
