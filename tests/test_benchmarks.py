@@ -234,6 +234,34 @@ def test_reward_reliability_figures():
     assert flipped["noise_sd"] == pytest.approx(math.sqrt(16 / 12))  # (±2)² on 4 of 6 edits, over 2 x 6
 
 
+def test_edit_stats_on_hand_made_edits(tmp_path, capsys):
+    """edit_stats.py on a passage with three edits: one copies it (its 4-grams all in the passage), one repeats
+    itself and carries a 4-gram of a foreign passage, one is empty."""
+    es = script("edit_stats")
+    passage = "the cat sat on the mat near the door"
+    foreign = "a dog ran to the red barn at noon"
+    edits = [
+        "the cat sat on the mat",  # 3 of 3 4-grams copied; no novel word
+        "dog ran to the dog ran to the",  # 3-grams: 6, distinct 4; foreign 4-gram "dog ran to the": 2 of 5
+        "   ",
+    ]
+    entry = {"title": "Cats", "context": passage, "completions": json.dumps(edits)}
+    data = tmp_path / "edits.json"
+    data.write_text(json.dumps([entry]))
+    other = tmp_path / "foreign.json"
+    other.write_text(json.dumps([{"title": "Dogs", "context": foreign, "completions": "[]"}]))
+    out = tmp_path / "stats.json"
+    es.main([str(data), "--foreign", str(other), "--out", str(out)])
+    s = json.loads(out.read_text())["files"][str(data)]
+    assert (s["passages"], s["edits"]) == (1, 3) and s["empty"] == pytest.approx(1 / 3)
+    assert s["words"]["mean"] == pytest.approx((6 + 8) / 2)
+    assert s["copied"]["mean"] == pytest.approx((1 + 0) / 2)
+    assert s["distinct_3grams"]["mean"] == pytest.approx((1 + 4 / 6) / 2)
+    assert s["novel_words"]["mean"] == pytest.approx((0 + 6 / 8) / 2)  # dog, ran, to x2, dog, ran: 6 of 8
+    assert s["foreign"]["mean"] == pytest.approx((0 + 2 / 5) / 2)
+    assert "edits.json" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_reward_reliability_quick(tmp_path, capsys):
     """`python benchmarks/reward_reliability.py --quick`: the teacher's edits, two evals under two seeds, the
