@@ -154,6 +154,8 @@ class Teacher:
         samples its contiguous share of the contexts, sample ``k`` of each with seed ``derive_seed(seed, k)``,
         so the edits do not depend on the world size; gathered in context order."""
         g = self.cfg.generation
+        if not contexts:
+            return []
         if self.vllm is None:
             self.vllm = VLLMSampler(g.vllm, g.temperature, g.top_p, g.max_new_tokens)
         env = current()
