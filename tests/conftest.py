@@ -72,10 +72,19 @@ def stand_in_vllm(monkeypatch):
 
     from tests.vllm_stand_in import StandInLLM, StandInSamplingParams
 
-    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(var, raising=False)  # TRL sets them for vLLM; restored after the test
+    # TRL sets the launcher's variables for vLLM (os.environ directly): any left behind would make later tests
+    # look launched, so they are put back as they were
+    names = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    before = {n: os.environ.get(n) for n in names}
     monkeypatch.setattr(vg, "is_vllm_available", lambda *a, **k: True)
     monkeypatch.setattr(vg, "LLM", StandInLLM, raising=False)
     monkeypatch.setattr(vg, "SamplingParams", StandInSamplingParams, raising=False)
     StandInLLM.built.clear()
-    yield StandInLLM.built
+    try:
+        yield StandInLLM.built
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
