@@ -38,15 +38,15 @@ def completions(entry: dict) -> list[str]:
     return json.loads(c) if isinstance(c, str) else list(c)
 
 
-def edit_facts(edit: str, passage: str, title: str, foreign: set[tuple[str, ...]]) -> dict[str, float] | None:
-    """The statistics of one edit against its passage (None for an empty edit)."""
+def edit_facts(
+    edit: str, vocab: set[str], own4: set[tuple[str, ...]], foreign: set[tuple[str, ...]]
+) -> dict[str, float] | None:
+    """The statistics of one edit against its passage's words and title (``vocab``) and its word 4-grams
+    (``own4``); None for an empty edit."""
     ws = words(edit)
     if not ws:
         return None
-    own = words(passage)
-    own4 = set(ngrams(own, 4))
     e4, e3 = ngrams(ws, 4), ngrams(ws, 3)
-    vocab = set(own) | set(words(title))
     return {
         "words": float(len(ws)),
         "copied": sum(g in own4 for g in e4) / len(e4) if e4 else 0.0,
@@ -62,9 +62,11 @@ def file_stats(entries: list[dict], foreign: set[tuple[str, ...]]) -> dict[str, 
     n_edits = n_empty = 0
     for entry in entries:
         facts = []
+        own = words(entry["context"])  # once per passage, for all its edits
+        vocab, own4 = set(own) | set(words(entry.get("title", ""))), set(ngrams(own, 4))
         for text in completions(entry):
             n_edits += 1
-            f = edit_facts(text, entry["context"], entry.get("title", ""), foreign)
+            f = edit_facts(text, vocab, own4, foreign)
             if f is None:
                 n_empty += 1
             else:

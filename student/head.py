@@ -47,13 +47,20 @@ _HEADS = {
 }
 
 
+def _causal_lm(model: Any) -> Any | None:
+    """The causal LM under a peft LoRA model (its LoRA layers sit inside it), the model itself otherwise, or
+    None for a peft prompt-learning model (its forward adds virtual tokens to the input)."""
+    if type(model).__module__.startswith("peft."):
+        return None if model.active_peft_config.is_prompt_learning else model.get_base_model()
+    return model
+
+
 def split_model(model: Any) -> tuple[Any, Any, float | None] | None:
     """``(body, head, softcap)`` of a causal LM (unwrapping a peft LoRA model: its LoRA layers sit inside the
     body), or None where calling them apart is not known to equal the model's forward."""
-    if type(model).__module__.startswith("peft."):
-        if model.active_peft_config.is_prompt_learning:  # its forward adds virtual tokens to the input
-            return None
-        model = model.get_base_model()
+    model = _causal_lm(model)
+    if model is None:
+        return None
     caps = _HEADS.get(type(model).__name__)
     if caps is None:
         return None
@@ -72,10 +79,9 @@ def _deepspeed_hooks_only(module: Any) -> bool:
 def keeps_logits(model: Any) -> bool:
     """Whether ``model``'s forward takes a boolean ``logits_to_keep`` mask (transformers'
     ``slice_logits_to_keep``) and its head has no hook other than DeepSpeed's."""
-    if type(model).__module__.startswith("peft."):
-        if model.active_peft_config.is_prompt_learning:
-            return False
-        model = model.get_base_model()
+    model = _causal_lm(model)
+    if model is None:
+        return False
     head = model.get_output_embeddings()
     module = sys.modules.get(type(model).__module__)
     return head is not None and hasattr(module, "slice_logits_to_keep") and _deepspeed_hooks_only(head)

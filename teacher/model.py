@@ -68,9 +68,9 @@ class Teacher:
         order. So every world size > 1 writes the same edits for the same seed (tested against
         :meth:`propose_batches` with ``per_batch_seeds`` in one process), and so does one process when the
         contexts fit one batch; with more batches a single process's one stream gives other edits."""
-        env = current()
         if self.cfg.generation.backend == "vllm":
             return self.propose_vllm(contexts, round_index, seed)
+        env = current()
         per_call = max(1, self.cfg.generation.batch_size // self.cfg.generation.num_edits)
         starts = list(range(0, len(contexts), per_call))
         if env.world_size == 1:
