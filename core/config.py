@@ -549,12 +549,18 @@ class AlgorithmConfig:
     keep: str = field(
         default="best_of_k",
         metadata={
-            "choices": ("best_of_k", "threshold", "seal"),
+            "choices": ("best_of_k", "threshold", "seal", "above_mean"),
             "help": "best_of_k (best edit per context if reward > threshold) | threshold (every edit above "
-            "it) | seal (SEAL's: best edit per context whatever its sign; threshold unused)",
+            "it) | seal (SEAL's: best edit per context whatever its sign; threshold unused) | above_mean "
+            "(every edit whose reward exceeds its context's mean by more than threshold; not in SEAL)",
         },
     )
-    threshold: float = field(default=0.0, metadata={"help": "Edits must have reward strictly above this."})
+    threshold: float = field(
+        default=0.0,
+        metadata={
+            "help": "Edits must have reward (above_mean: reward minus their context's mean) strictly above this."
+        },
+    )
     grpo: GRPOSettings = field(default_factory=GRPOSettings)
 
 

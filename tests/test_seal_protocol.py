@@ -190,6 +190,27 @@ def test_keep_seal_keeps_best_per_context_whatever_its_sign():
     }
 
 
+def test_keep_above_mean_keeps_every_edit_above_its_contexts_mean():
+    from orchestrator.algorithms.rest_em import select_edits
+
+    results = [
+        _result("a", 0, -0.6),
+        _result("a", 1, -0.2),
+        _result("a", 2, 0.1),
+        _result("a", 3, 5.0, error="edit has no usable text"),  # unusable: outside the mean, never kept
+        _result("b", 0, 0.3),
+        _result("b", 1, 0.3),  # ties with its context's mean: no advantage
+        _result("c", 0, 0.9),  # the only usable edit of its context: nothing to compare with
+        _result("c", 1, 2.0, penalty="empty edit"),
+    ]
+    kept = {(r.edit.context_id, r.edit.sample_index) for r in select_edits(results, "above_mean", 0.0)}
+    assert kept == {("a", 1), ("a", 2)}  # a's usable mean is -0.233
+    # the threshold is a margin over the mean: -0.2 beats it by 0.033 only
+    assert {(r.edit.context_id, r.edit.sample_index) for r in select_edits(results, "above_mean", 0.1)} == {
+        ("a", 2)
+    }
+
+
 def _fake_run(tmp_path: Path, k: int) -> Path:
     run = tmp_path / "runs" / "r"
     cfg = load_config(

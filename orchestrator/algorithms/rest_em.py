@@ -18,7 +18,7 @@ from orchestrator.algorithms.base import (
 log = logging.getLogger(__name__)
 
 
-KEEP_RULES = ("best_of_k", "threshold", "seal")
+KEEP_RULES = ("best_of_k", "threshold", "seal", "above_mean")
 
 
 def select_edits(results: list[EditResult], rule: str, threshold: float) -> list[EditResult]:
@@ -26,14 +26,27 @@ def select_edits(results: list[EditResult], rule: str, threshold: float) -> list
     index). ``threshold``: every edit with reward > threshold. ``seal``: SEAL's rule (its
     ``build_SFT_dataset.py``, top 1 of k by adapted score): per context, the highest-reward edit whatever its
     sign, since all k edits of a context share the baseline, the best gain is the best relative to the other
-    samples; edits that no student could use (recorded errors or a penalty) are never kept."""
+    samples; edits that no student could use (recorded errors or a penalty) are never kept. ``above_mean``
+    (not in SEAL; several kept edits per context): every usable edit whose reward exceeds the mean reward of
+    its context's usable edits by more than ``threshold``, i.e. a positive advantage over the other samples,
+    as GRPO's group baseline but imitated by SFT; a context with one usable edit keeps nothing."""
     if rule == "threshold":
         return [r for r in results if r.reward > threshold]
     if rule not in KEEP_RULES:
         raise ValueError(f"unknown keep rule {rule!r}; use one of {KEEP_RULES}")
+    if rule == "above_mean":
+        groups: dict[str, list[EditResult]] = {}
+        for r in results:
+            if _usable(r):
+                groups.setdefault(r.edit.context_id, []).append(r)
+        kept = []
+        for group in groups.values():
+            mean = sum(r.reward for r in group) / len(group)
+            kept += [r for r in group if len(group) > 1 and r.reward - mean > threshold]
+        return kept
     best: dict[str, EditResult] = {}
     for r in results:
-        if rule == "seal" and (r.penalty or all(o.adapted is None for o in r.per_student.values())):
+        if rule == "seal" and not _usable(r):
             continue
         cur = best.get(r.edit.context_id)
         if cur is None or r.reward > cur.reward:
@@ -41,6 +54,11 @@ def select_edits(results: list[EditResult], rule: str, threshold: float) -> list
     if rule == "seal":
         return list(best.values())
     return [r for r in best.values() if r.reward > threshold]
+
+
+def _usable(r: EditResult) -> bool:
+    """Whether any student could train on the edit (no penalty, at least one adapted score)."""
+    return not r.penalty and any(o.adapted is not None for o in r.per_student.values())
 
 
 class RestEM(Algorithm):
