@@ -177,6 +177,38 @@ def test_real_teacher_pair_quick(tmp_path):
 
 
 @pytest.mark.slow
+def test_real_teacher_distill_quick(tmp_path):
+    """`QUICK=1 bash benchmarks/real_teacher_distill.sh`: the teacher trained on Qwen2.5-7B's edits, both
+    teachers' edits, the eval, the paired table and the edit statistics, on the real SmolLM2."""
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "QUICK": "1",
+        "RUNS": str(tmp_path / "runs"),
+        "PY": sys.executable,
+        "TE": str(Path(sys.executable).parent / "teachedit"),
+        "OMP_NUM_THREADS": "1",
+    }
+    run = subprocess.run(
+        ["bash", "benchmarks/real_teacher_distill.sh", "q"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    meta = json.loads((tmp_path / "runs" / "q-edits" / "teacher.meta.json").read_text())
+    assert meta["pairs"] == 2 and finite(meta["loss"])  # 2 train passages, their first Qwen edit each
+    assert (tmp_path / "runs" / "q-edits" / "teacher" / "model.safetensors").is_file()
+    out = tmp_path / "runs" / "benchmarks"
+    pair = json.loads((out / "real_teacher_q.json").read_text())["pairs"]["smollm2"]
+    assert (pair["a"], pair["b"], pair["passages"]) == ("distilled", "untrained", 2) and finite(
+        pair["logprob"]
+    )
+    stats = json.loads((out / "edit_stats_q.json").read_text())
+    assert len(stats["files"]) == 2
+
+
+@pytest.mark.slow
 def test_inner_loop_real_quick(tmp_path, capsys):
     """`inner_loop.py --real --quick` on SmolLM2 alone, E = 1 and 2: the speedup line comes last."""
     out = tmp_path / "inner_loop_real.json"
