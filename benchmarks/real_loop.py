@@ -46,6 +46,25 @@ QUICK = [
 ]
 
 
+def summarize_run(run_dir: Path, out_path: str | None) -> None:
+    """The results file of ``run_dir`` as :func:`main` writes it, from the rounds its metrics.jsonl holds."""
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        raise SystemExit(f"--from-run {run_dir}: no metrics.jsonl (no round finished there)")
+    rounds = [{k: r.get(k) for k in KEYS} for r in map(json.loads, metrics.read_text().splitlines()) if r]
+    cfg = load_config(str(run_dir / "config.yaml"))
+    out = {
+        "config": str(run_dir / "config.yaml"),
+        "overrides": [],
+        "students": [s.name for s in cfg.students],
+        "runs": [{"seed": cfg.run.seed, "wall_seconds": None, "run_dir": str(run_dir), "rounds": rounds}],
+    }
+    path = Path(out_path or ROOT / "benchmarks" / "results" / "real_loop.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**out, "provenance": provenance()}, indent=2) + "\n")
+    print(f"{len(rounds)} round(s) of {run_dir}: {path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -56,8 +75,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="SmolLM2 student only, 1 update, tiny settings")
     ap.add_argument("--tag", default="real", help="run directory names: runs/<tag>-seed<k>")
     ap.add_argument("--students", nargs="+", help="keep only these students of the config (default: all)")
+    ap.add_argument(
+        "--from-run",
+        metavar="RUN_DIR",
+        help="write the results of an existing run directory (its metrics.jsonl: the rounds it finished, e.g. "
+        "of a run stopped after its last teacher update) instead of running",
+    )
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
+    if args.from_run:
+        return summarize_run(Path(args.from_run), args.out)
     if args.quick:
         args.students = args.students or ["smollm2"]
         args.overrides = [*QUICK, *args.overrides]

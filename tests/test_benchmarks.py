@@ -143,6 +143,10 @@ def test_real_loop_quick(tmp_path, capsys):
     assert run["rounds"][0]["teacher_loss"] is not None, "the teacher was updated"
     assert Path(run["run_dir"], "teacher", "round_1", "model.safetensors").is_file()
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("| 0 | ")
+    # --from-run: the same rounds, read back from the run directory (e.g. of a run stopped early)
+    again = tmp_path / "again.json"
+    script("real_loop").main(["--from-run", run["run_dir"], "--out", str(again)])
+    assert json.loads(again.read_text())["runs"][0]["rounds"] == run["rounds"]
 
 
 @pytest.mark.slow
