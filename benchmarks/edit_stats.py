@@ -12,6 +12,14 @@ bundled data write them. Per file, over every non-empty edit (means, and the sta
 - ``distinct_3grams``: distinct word 3-grams / all 3-grams within the edit (low: the edit repeats itself);
 - ``foreign``: share of the edit's 4-grams that occur in one of the ``--foreign`` passages (e.g. the passages a
   trained teacher was updated on) but not in its own passage: facts carried over from elsewhere.
+
+    python benchmarks/edit_stats.py --kept runs/mean6-seed0 [--round 0] [--out results.json]
+
+``--kept RUN_DIR``: what the run's keep rule (``algorithm.keep``) selected among its training edits of one
+round, against the edits it did not keep, passage by passage: per statistic, the mean over passages of (kept
+edits' mean - the other edits' mean) ± standard error, and the within-passage correlation of each statistic
+with the reward (both centred on their passage's mean). A difference near zero says the kept edits do not
+differ in that form: there is nothing of it for the teacher to learn from them.
 """
 
 from __future__ import annotations
@@ -81,12 +89,87 @@ def file_stats(entries: list[dict], foreign: set[tuple[str, ...]]) -> dict[str, 
     return out
 
 
+def kept_stats(run_dir: Path, round_index: int) -> dict[str, object]:
+    """Kept vs not-kept training edits of ``round_index`` of a run (see the module docstring)."""
+    from core.config import load_config
+    from core.records import EditResult
+    from orchestrator.algorithms.rest_em import select_edits
+    from orchestrator.tasks import build_task
+
+    cfg = load_config(str(run_dir / "config.yaml"))
+    path = run_dir / "edits" / f"round_{round_index}.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"--kept {run_dir}: no {path.name} (did round {round_index} finish scoring?)")
+    results = [EditResult.from_dict(json.loads(line)) for line in path.read_text().splitlines() if line]
+    train = [r for r in results if not r.heldout]
+    kept = {id(r) for r in select_edits(train, cfg.algorithm.keep, cfg.algorithm.threshold)}
+    contexts = {c.id: c for c in build_task(cfg.task).train_contexts()}
+    diffs: dict[str, list[float]] = {}
+    centred: dict[str, list[tuple[float, float]]] = {}
+    for cid in sorted({r.edit.context_id for r in train}):
+        ctx = contexts[cid]
+        own = words(ctx.text)
+        vocab, own4 = set(own) | set(words(ctx.title or "")), set(ngrams(own, 4))
+        rows = [
+            (r, f)
+            for r in train
+            if r.edit.context_id == cid and (f := edit_facts(r.edit.text, vocab, own4, set()))
+        ]
+        if len(rows) < 2:
+            continue
+        for key in rows[0][1]:
+            if key == "foreign":
+                continue
+            mean_f = statistics.fmean(f[key] for _, f in rows)
+            mean_r = statistics.fmean(r.reward for r, _ in rows)
+            centred.setdefault(key, []).extend((f[key] - mean_f, r.reward - mean_r) for r, f in rows)
+            a = [f[key] for r, f in rows if id(r) in kept]
+            b = [f[key] for r, f in rows if id(r) not in kept]
+            if a and b:
+                diffs.setdefault(key, []).append(statistics.fmean(a) - statistics.fmean(b))
+    out: dict[str, object] = {
+        "run": str(run_dir),
+        "round": round_index,
+        "keep": cfg.algorithm.keep,
+        "edits": len(train),
+        "kept": len(kept),
+    }
+    for key, values in diffs.items():
+        xs, ys = zip(*centred[key])
+        out[key] = {
+            "kept_minus_rest": statistics.fmean(values),
+            "sem": statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0,
+            "passages": len(values),
+            "within_passage_r": statistics.correlation(xs, ys) if len(set(xs)) > 1 else 0.0,
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("files", nargs="+", help="SEAL-format edits files")
+    ap.add_argument("files", nargs="*", help="SEAL-format edits files")
+    ap.add_argument("--kept", metavar="RUN_DIR", help="kept vs not-kept edits of a run's round (see above)")
+    ap.add_argument("--round", type=int, default=0, help="the round of --kept")
     ap.add_argument("--foreign", nargs="*", default=[], help="files whose passages count as foreign content")
     ap.add_argument("--out", help="write the statistics here (JSON)")
     args = ap.parse_args(argv)
+    if args.kept:
+        result = kept_stats(Path(args.kept), args.round)
+        print(
+            f"{args.kept} round {args.round}: {result['kept']} of {result['edits']} edits kept ({result['keep']})"
+        )
+        for key, v in result.items():
+            if isinstance(v, dict):
+                print(
+                    f"{key:<16} kept - rest {v['kept_minus_rest']:+8.3f} ± {v['sem']:.3f} over "
+                    f"{v['passages']} passages; within-passage r with reward {v['within_passage_r']:+.2f}"
+                )
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result, indent=1))
+        return
+    if not args.files:
+        ap.error("name edits files, or --kept RUN_DIR")
     foreign: set[tuple[str, ...]] = set()
     for path in args.foreign:
         for entry in json.loads(Path(path).read_text()):

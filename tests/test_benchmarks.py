@@ -309,3 +309,40 @@ def test_reward_reliability_quick(tmp_path, capsys):
     for m in ("logprob", "f1"):
         assert result["metrics"][m]["edits"] == 4 and finite(result["metrics"][m]["noise_sd"])
     assert "best_agree" in capsys.readouterr().out
+
+
+def test_edit_stats_kept_compares_kept_edits_with_the_rest_of_their_passage(tmp_path, capsys):
+    """edit_stats.py --kept on a hand-made run: of one passage's three edits the copying one has the best reward,
+    so above_mean keeps it alone; kept - rest is its statistics minus the other two's mean, and the
+    within-passage correlation of copying with reward is positive."""
+    from core.config import load_config, to_yaml
+    from core.records import Edit, EditResult, StudentOutcome, StudentScore
+    from orchestrator.tasks import build_task
+
+    es = script("edit_stats")
+    cfg = load_config(CONFIGS / "real_cpu.yaml", ["algorithm.keep=above_mean"])
+    ctx = build_task(cfg.task).train_contexts()[0]
+    first = " ".join(ctx.text.split()[:12])
+    texts = [first, "zebra quokka narwhal okapi axolotl", "zebra quokka narwhal tapir dugong ibis"]
+    run = tmp_path / "run"
+    (run / "edits").mkdir(parents=True)
+    (run / "config.yaml").write_text(to_yaml(cfg))
+    score = StudentScore(0.0, 0.0, -3.0, 1)
+    lines = []
+    for k, (text, reward) in enumerate(zip(texts, [0.9, -0.1, -0.2])):
+        out = StudentOutcome(score, score, reward)
+        edit = Edit(ctx.id, "implications", k, text, "round_0")
+        lines.append(json.dumps(EditResult(edit, {"s": out}, reward).to_dict()))
+    held = EditResult(Edit(ctx.id, "implications", 3, first, "round_0"), {"s": out}, 5.0, heldout=True)
+    lines.append(json.dumps(held.to_dict()))  # held-out edits are never kept nor compared
+    (run / "edits" / "round_0.jsonl").write_text("\n".join(lines) + "\n")
+    out_file = tmp_path / "kept.json"
+    es.main(["--kept", str(run), "--out", str(out_file)])
+    result = json.loads(out_file.read_text())
+    assert (result["edits"], result["kept"], result["keep"]) == (3, 1, "above_mean")
+    words = result["words"]
+    assert words["kept_minus_rest"] == pytest.approx(12 - (5 + 6) / 2) and words["passages"] == 1
+    assert result["copied"]["kept_minus_rest"] == pytest.approx(1.0)  # all its 4-grams are the passage's
+    assert result["novel_words"]["kept_minus_rest"] == pytest.approx(-1.0)
+    assert result["copied"]["within_passage_r"] > 0.9
+    assert "kept - rest" in capsys.readouterr().out
