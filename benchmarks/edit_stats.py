@@ -93,6 +93,7 @@ def kept_stats(run_dir: Path, round_index: int) -> dict[str, object]:
     """Kept vs not-kept training edits of ``round_index`` of a run (see the module docstring)."""
     from core.config import load_config
     from core.records import EditResult
+    from core.stats import mean_sem
     from orchestrator.algorithms.rest_em import select_edits
     from orchestrator.tasks import build_task
 
@@ -104,24 +105,23 @@ def kept_stats(run_dir: Path, round_index: int) -> dict[str, object]:
     train = [r for r in results if not r.heldout]
     kept = {id(r) for r in select_edits(train, cfg.algorithm.keep, cfg.algorithm.threshold)}
     contexts = {c.id: c for c in build_task(cfg.task).train_contexts()}
+    by_context: dict[str, list[EditResult]] = {}
+    for r in train:
+        by_context.setdefault(r.edit.context_id, []).append(r)
     diffs: dict[str, list[float]] = {}
     centred: dict[str, list[tuple[float, float]]] = {}
-    for cid in sorted({r.edit.context_id for r in train}):
+    for cid, group in sorted(by_context.items()):
         ctx = contexts[cid]
         own = words(ctx.text)
         vocab, own4 = set(own) | set(words(ctx.title or "")), set(ngrams(own, 4))
-        rows = [
-            (r, f)
-            for r in train
-            if r.edit.context_id == cid and (f := edit_facts(r.edit.text, vocab, own4, set()))
-        ]
+        rows = [(r, f) for r in group if (f := edit_facts(r.edit.text, vocab, own4, set()))]
         if len(rows) < 2:
             continue
+        mean_r = statistics.fmean(r.reward for r, _ in rows)
         for key in rows[0][1]:
             if key == "foreign":
                 continue
             mean_f = statistics.fmean(f[key] for _, f in rows)
-            mean_r = statistics.fmean(r.reward for r, _ in rows)
             centred.setdefault(key, []).extend((f[key] - mean_f, r.reward - mean_r) for r, f in rows)
             a = [f[key] for r, f in rows if id(r) in kept]
             b = [f[key] for r, f in rows if id(r) not in kept]
@@ -136,9 +136,10 @@ def kept_stats(run_dir: Path, round_index: int) -> dict[str, object]:
     }
     for key, values in diffs.items():
         xs, ys = zip(*centred[key])
+        mean, sem = mean_sem(values)
         out[key] = {
-            "kept_minus_rest": statistics.fmean(values),
-            "sem": statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0,
+            "kept_minus_rest": mean,
+            "sem": sem,
             "passages": len(values),
             "within_passage_r": statistics.correlation(xs, ys) if len(set(xs)) > 1 else 0.0,
         }
