@@ -346,3 +346,35 @@ def test_edit_stats_kept_compares_kept_edits_with_the_rest_of_their_passage(tmp_
     assert result["novel_words"]["kept_minus_rest"] == pytest.approx(-1.0)
     assert result["copied"]["within_passage_r"] > 0.9
     assert "kept - rest" in capsys.readouterr().out
+
+
+def test_teacher_distill_from_run_picks_the_kept_or_the_worst_usable_edit_of_each_passage(tmp_path):
+    """teacher_distill.py --from-run (the anti-selection control): --pick kept gives exactly the pairs the
+    loop trains on (SEAL's keep rule: each passage's best edit, in the loop's order, with its recorded prompt);
+    --pick worst gives each of those passages' lowest-reward *usable* edit (a penalised edit is never
+    picked); held-out edits are never used."""
+    from core.config import load_config, to_yaml
+    from core.records import Edit, EditResult, StudentOutcome, StudentScore
+
+    td = script("teacher_distill")
+    run = tmp_path / "run"
+    (run / "edits").mkdir(parents=True)
+    (run / "config.yaml").write_text(to_yaml(load_config(CONFIGS / "real_cpu.yaml", ["algorithm.keep=seal"])))
+    score = StudentScore(0.0, 0.0, -3.0, 1)
+    rewards = {"a": [0.2, 0.5, -0.1, -0.9], "b": [-0.3, 0.4, 0.1, 0.0]}
+    lines = []
+    for cid, rs in rewards.items():
+        for k, reward in enumerate(rs):
+            penalty = "degenerate" if (cid, k) == ("a", 3) else None  # a's lowest reward, unusable
+            edit = Edit(cid, "implications", k, f"{cid}{k}", "round_0", prompt=f"P {cid}")
+            result = EditResult(edit, {"s": StudentOutcome(score, score, reward)}, reward, penalty=penalty)
+            lines.append(json.dumps(result.to_dict()))
+    held = Edit("c", "implications", 0, "c0", "round_0", prompt="P c")
+    lines.append(
+        json.dumps(EditResult(held, {"s": StudentOutcome(score, score, 9.0)}, 9.0, heldout=True).to_dict())
+    )
+    (run / "edits" / "round_0.jsonl").write_text("\n".join(lines) + "\n")
+    assert td.run_pairs(run, 0, "kept") == (["a", "b"], [("P a", "a1"), ("P b", "b1")], [0.5, 0.4])
+    assert td.run_pairs(run, 0, "worst") == (["a", "b"], [("P a", "a2"), ("P b", "b0")], [-0.1, -0.3])
+    with pytest.raises(SystemExit, match="round_1.jsonl"):
+        td.run_pairs(run, 1, "kept")
