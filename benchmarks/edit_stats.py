@@ -95,14 +95,14 @@ def kept_stats(run_dir: Path, round_index: int) -> dict[str, object]:
     from core.records import EditResult
     from core.stats import mean_sem
     from orchestrator.algorithms.rest_em import select_edits
+    from orchestrator.rundir import RunDir
     from orchestrator.tasks import build_task
 
     cfg = load_config(str(run_dir / "config.yaml"))
     path = run_dir / "edits" / f"round_{round_index}.jsonl"
     if not path.is_file():
         raise SystemExit(f"--kept {run_dir}: no {path.name} (did round {round_index} finish scoring?)")
-    results = [EditResult.from_dict(json.loads(line)) for line in path.read_text().splitlines() if line]
-    train = [r for r in results if not r.heldout]
+    train = [r for r in RunDir(run_dir, writer=False).edits(round_index) if not r.heldout]
     kept = {id(r) for r in select_edits(train, cfg.algorithm.keep, cfg.algorithm.threshold)}
     contexts = {c.id: c for c in build_task(cfg.task).train_contexts()}
     by_context: dict[str, list[EditResult]] = {}

@@ -99,13 +99,13 @@ def run_pairs(
     in the order the loop trains on them, or for each of their passages its lowest-reward usable edit."""
     from core.records import EditResult
     from orchestrator.algorithms.rest_em import _usable, select_edits
+    from orchestrator.rundir import RunDir
 
     cfg = load_config(str(run_dir / "config.yaml"))
     path = run_dir / "edits" / f"round_{round_index}.jsonl"
     if not path.is_file():
         raise SystemExit(f"--from-run {run_dir}: no {path.name} (did round {round_index} finish scoring?)")
-    results = [EditResult.from_dict(json.loads(line)) for line in path.read_text().splitlines() if line]
-    train = [r for r in results if not r.heldout]
+    train = [r for r in RunDir(run_dir, writer=False).edits(round_index) if not r.heldout]
     kept = select_edits(train, cfg.algorithm.keep, cfg.algorithm.threshold)
     if pick == "worst":
         worst: dict[str, EditResult] = {}
