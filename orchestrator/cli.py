@@ -59,7 +59,7 @@ def _resumed_dist_timeout(args: argparse.Namespace) -> float | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from core.config import load_config
+    from core.config import ConfigError, load_config
     from core.distributed import init_from_launcher, launched, timeout_minutes
     from orchestrator.report import round_table
     from orchestrator.rundir import INTERRUPTED
@@ -67,6 +67,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.signals import Preempted
 
     cfg = None
+    if args.resume and args.config is not None:
+        raise ConfigError(
+            f"--resume continues {args.resume} with its own config.yaml; give key=value overrides only, "
+            f"not CONFIG ({args.config})"
+        )
     if not args.resume:
         if args.config is None:
             print(
@@ -288,6 +293,7 @@ examples:
   teachedit run configs/default.yaml                  the embedded demo (tiny local models, a few minutes)
   teachedit run configs/real_cpu.yaml                 real SmolLM2 / Gemma-3 models (make real-models)
   teachedit run --resume runs/default                 continue an interrupted run
+  teachedit run --resume runs/default algorithm.rounds=4   add rounds to a finished run
   teachedit eval configs/real_cpu.yaml --data orchestrator/data/squad/passages.json --limit 40 --k 1
   teachedit config show teacher.generation            every setting with its default and help
   teachedit config list                               the bundled configs, usable by name
@@ -347,7 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="YAML config, or a bundled config's name (teachedit config list), e.g. default",
     )
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. algorithm.rounds=3")
-    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run; algorithm.rounds=N (more than it has) adds rounds to a finished one",
+    )
     run.set_defaults(fn=cmd_run)
 
     build = sub.add_parser("build", help="build and cache a config's tiny models (no run)")
@@ -462,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.signals import Preempted, graceful
 
     args = build_parser().parse_args(argv)
-    if args.command == "run" and args.config and "=" in args.config and not args.resume:
+    if args.command == "run" and args.config and "=" in args.config:  # an override, not a CONFIG
         args.overrides = [args.config, *args.overrides]
         args.config = None
     try:

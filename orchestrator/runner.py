@@ -47,6 +47,7 @@ class Runner:
         progress: bool | None = None,
         task: Any = None,
         created: bool = False,
+        saved_rounds: int | None = None,
     ):
         self.cfg = cfg
         self.rundir = rundir
@@ -55,6 +56,8 @@ class Runner:
         # This process created the directory: if the run stops before it records anything (a model that
         # cannot load, a signal while loading), the directory is removed, so a refusal leaves nothing behind.
         self.created = created
+        # ``algorithm.rounds`` as the run directory's config.yaml has it (a resumed run may override it).
+        self.saved_rounds = saved_rounds
 
     @classmethod
     def new(cls, cfg: Config) -> Runner:
@@ -72,14 +75,15 @@ class Runner:
     def resume(cls, path: str | Path, overrides: list[str] | None = None) -> Runner:
         path = Path(path)
 
-        def read() -> Config:
+        def read() -> tuple[Config, int]:
             if not (path / "config.yaml").is_file():
                 raise FileNotFoundError(f"{path} is not a run directory (no config.yaml); nothing to resume")
-            return load_config(path / "config.yaml", overrides)
+            saved = load_config(path / "config.yaml")
+            return load_config(path / "config.yaml", overrides), saved.algorithm.rounds
 
-        cfg = on_rank0(read)
+        cfg, saved_rounds = on_rank0(read)
         task = preflight(cfg)
-        return cls(cfg, RunDir(path, writer=is_main()), task=task)
+        return cls(cfg, RunDir(path, writer=is_main()), task=task, saved_rounds=saved_rounds)
 
     def completed_rounds(self) -> list[dict[str, Any]]:
         return self.rundir.read_jsonl("metrics.jsonl")
@@ -92,6 +96,7 @@ class Runner:
         try:
             on_rank0(self.rundir.remove_partial_writes)  # *.tmp files and checkpoint folders of a killed run
             on_rank0(lambda: (self.rundir.path / INTERRUPTED).unlink(missing_ok=True))
+            on_rank0(self._change_rounds)
             return self._run()
         except Preempted as exc:
             self._abandon(exc)
@@ -102,6 +107,41 @@ class Runner:
         finally:
             if is_main():
                 self.rundir.release_lock()
+
+    def _change_rounds(self) -> None:
+        """A resumed run given another ``algorithm.rounds``. Raising it on a finished ReST-EM run reopens the
+        final round (scored, but trained on nothing since it was the last) as a training round: its scored
+        records are kept, its metrics line is dropped, and the resumed run selects from those records, trains
+        the teacher and goes on, to the records of a run created with the new count. Lowering it below the
+        rounds already scored is refused. The new count is written to config.yaml, so a later ``--resume``
+        without the override continues the same run."""
+        old, new = self.saved_rounds, self.cfg.algorithm.rounds
+        if old is None or old == new:
+            return
+        rounds = self.completed_rounds()
+        if new < len(rounds):
+            raise RunDirError(
+                f"{self.rundir.path} has scored rounds 0..{len(rounds) - 1} (it was created with "
+                f"algorithm.rounds={old}); algorithm.rounds={new} would end before them. Resume with "
+                f"algorithm.rounds >= {len(rounds)} to add rounds, or without the override."
+            )
+        if len(rounds) == old + 1:  # finished: round ``old`` was scored as the final round
+            if self.cfg.algorithm.name != "rest_em":
+                raise RunDirError(
+                    f"{self.rundir.path} is a finished {self.cfg.algorithm.name} run: its final round scored "
+                    "samples that a training round would not, so it cannot be reopened. Start a new run "
+                    f"from its last teacher (teacher.model.path={self.rundir.teacher_dir(old)})."
+                )
+            lines = (self.rundir.path / "metrics.jsonl").read_text().splitlines(keepends=True)
+            self.rundir.write_text("metrics.jsonl", "".join(lines[: len(rounds) - 1]))  # the lines as written
+            log.info(
+                "algorithm.rounds %d -> %d: round %d, the final round, becomes a training round (its scored "
+                "records are kept)",
+                old,
+                new,
+                old,
+            )
+        self.rundir.write_text("config.yaml", yaml_header() + to_yaml(self.cfg))
 
     def records_written(self) -> int:
         files = self.rundir.path.glob("edits/*.jsonl")

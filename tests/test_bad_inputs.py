@@ -377,6 +377,40 @@ def resume_not_a_run_dir(env: Env) -> None:
     refused(*env.cli("--resume", str(env.tmp)), "not a run directory")
 
 
+def _finished_run(env: Env) -> tuple[Path, bytes]:
+    """A run directory whose one-round smoke run has scored rounds 0 and 1 (its metrics lines)."""
+    run = _existing_run(env)
+    (run / "metrics.jsonl").write_text('{"round": 0, "kept": 2}\n{"round": 1, "kept": 0}\n')
+    return run, (run / "metrics.jsonl").read_bytes()
+
+
+def resume_fewer_rounds(env: Env) -> None:
+    run, before = _finished_run(env)
+    rc, err = env.cli("--resume", str(run), f"run.cache_dir={CACHE}", "algorithm.rounds=0")
+    refused(rc, err, "has scored rounds 0..1", "algorithm.rounds=0 would end before them", "rounds >= 2")
+    assert (run / "metrics.jsonl").read_bytes() == before and "rounds: 1" in (run / "config.yaml").read_text()
+
+
+def resume_grpo_finished(env: Env) -> None:
+    run, before = _finished_run(env)
+    rc, err = env.cli(
+        "--resume",
+        str(run),
+        f"run.cache_dir={CACHE}",
+        "algorithm.name=grpo",
+        "algorithm.grpo.prompts_per_step=3",
+        "algorithm.rounds=2",
+    )
+    refused(rc, err, "finished grpo run", "cannot be reopened", f"teacher.model.path={run}/teacher/round_1")
+    assert (run / "metrics.jsonl").read_bytes() == before
+
+
+def resume_with_config(env: Env) -> None:
+    run, before = _finished_run(env)
+    refused(*env.cli("--resume", str(run), SMOKE), "give key=value overrides only, not CONFIG")
+    assert (run / "metrics.jsonl").read_bytes() == before
+
+
 def run_dir_read_only(env: Env) -> None:
     out = env.tmp / "ro"
     out.mkdir()
@@ -628,6 +662,9 @@ CASES = [
         run_dir_exists,
         overwrite_foreign_folder,
         resume_not_a_run_dir,
+        resume_fewer_rounds,
+        resume_grpo_finished,
+        resume_with_config,
         run_dir_read_only,
         edit_empty,
         edit_whitespace,

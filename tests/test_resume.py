@@ -304,6 +304,38 @@ def test_resume_refuses_to_continue_without_the_teacher_checkpoint(reference, tm
         Runner.resume(run).run()
 
 
+def test_resume_with_more_rounds_extends_a_finished_run_to_the_records_of_a_longer_run(
+    reference, tmp_path, one_thread
+):
+    """``teachedit run --resume RUN algorithm.rounds=2`` on a finished one-round run: round 1, scored as the
+    final round, becomes a training round (its records kept, the teacher trained on its kept edits) and round
+    2 is scored, to exactly the records and teacher of a run created with two rounds."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    longer = run_in_process(tmp_path, "two", ["algorithm.rounds=2"])
+    run = tmp_path / "extended"
+    shutil.copytree(reference, run)
+    assert not (run / "teacher" / "round_2").exists() and metrics(run)[1]["kept"] == 0
+    assert_finished(cli(["--resume", str(run), "algorithm.rounds=2"]))  # the override after --resume counts
+    for k in (0, 1, 2):
+        assert edit_records(run, k) == edit_records(longer, k), f"round {k}"
+    assert metrics(run) == metrics(longer) and metrics(run)[1]["kept"] == 2
+    got = load_file(run / "teacher" / "round_2" / "model.safetensors")
+    want = load_file(longer / "teacher" / "round_2" / "model.safetensors")
+    assert got.keys() == want.keys() and all(torch.equal(got[n], want[n]) for n in want)
+    assert "rounds: 2" in (run / "config.yaml").read_text(), "a later --resume continues the longer run"
+
+    from orchestrator.runner import Runner
+
+    with pytest.raises(RunDirError, match=r"has scored rounds 0\.\.2 .* algorithm.rounds >= 3"):
+        Runner.resume(run, ["algorithm.rounds=1"]).run()
+    assert len(metrics(run)) == 3, "a refused resume changes nothing"
+    proc = cli(["--resume", str(run), str(CONFIGS / "smoke.yaml")])
+    assert proc.returncode == 2 and "give key=value overrides only, not CONFIG" in proc.stderr
+
+
 def test_fault_spec_parsing_and_counting(monkeypatch):
     assert faults.parse("adapt:5, write:2") == {"adapt": 5, "write": 2}
     for bad in ["adapt", "adapt:0", "adapt:x", "nowhere:1"]:
