@@ -132,6 +132,8 @@ class Runner:
                     "samples that a training round would not, so it cannot be reopened. Start a new run "
                     f"from its last teacher (teacher.model.path={self.rundir.teacher_dir(old)})."
                 )
+            # metrics.jsonl before config.yaml: a kill between the two leaves a finished run (old count, last
+            # round to score again from its kept records) that plain --resume restores, never a damaged one.
             lines = (self.rundir.path / "metrics.jsonl").read_text().splitlines(keepends=True)
             self.rundir.write_text("metrics.jsonl", "".join(lines[: len(rounds) - 1]))  # the lines as written
             log.info(
