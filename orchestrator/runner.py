@@ -109,10 +109,11 @@ class Runner:
                 self.rundir.release_lock()
 
     def _change_rounds(self) -> None:
-        """A resumed run given another ``algorithm.rounds``. Raising it on a finished ReST-EM run reopens the
-        final round (scored, but trained on nothing since it was the last) as a training round: its scored
-        records are kept, its metrics line is dropped, and the resumed run selects from those records, trains
-        the teacher and goes on, to the records of a run created with the new count. Lowering it below the
+        """A resumed run given another ``algorithm.rounds``. Raising it on a finished run whose algorithm
+        ``reopens_final_round`` (ReST-EM) reopens the final round (scored, but trained on nothing since it was
+        the last) as a training round: its scored records are kept, its metrics line is dropped, and the
+        resumed run selects from those records, trains the teacher and goes on, to the records of a run
+        created with the new count. Lowering it below the
         rounds already scored is refused. The new count is written to config.yaml, so a later ``--resume``
         without the override continues the same run."""
         old, new = self.saved_rounds, self.cfg.algorithm.rounds
@@ -126,7 +127,7 @@ class Runner:
                 f"algorithm.rounds >= {len(rounds)} to add rounds, or without the override."
             )
         if len(rounds) == old + 1:  # finished: round ``old`` was scored as the final round
-            if self.cfg.algorithm.name != "rest_em":
+            if not getattr(ALGORITHMS[self.cfg.algorithm.name], "reopens_final_round", False):
                 raise RunDirError(
                     f"{self.rundir.path} is a finished {self.cfg.algorithm.name} run: its final round scored "
                     "samples that a training round would not, so it cannot be reopened. Start a new run "

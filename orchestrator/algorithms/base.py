@@ -64,6 +64,9 @@ class Algorithm(ABC):
 
     name: str
     ctx: RunContext
+    # Whether the final round scores the records its training round would (ReST-EM: sample, score, then
+    # train), so a finished run can be extended by reopening it as a training round (Runner, --resume).
+    reopens_final_round: bool = False
 
     def setup(self, ctx: RunContext) -> None:
         self.ctx = ctx

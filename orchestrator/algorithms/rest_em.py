@@ -63,6 +63,9 @@ def _usable(r: EditResult) -> bool:
 
 class RestEM(Algorithm):
     name = "rest_em"
+    reopens_final_round = (
+        True  # the last round samples and scores as every round does; only the SFT is skipped
+    )
 
     def train(self, round_index: int) -> RoundReport:
         ctx, cfg = self.ctx, self.ctx.cfg
